@@ -1,0 +1,33 @@
+# The README's two commands: `make book` and `make test`. Both create or reuse .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROFILE ?= quick
+
+.PHONY: book test chapters site bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+## Execute every chapter on $(PROFILE) (default quick) and build the site into _build/html.
+book: $(STAMP)
+	$(PY) -m gradsim_utils.book --profile $(PROFILE)
+
+## Run the test suite (unit tests, smoke-profile notebooks, book build, browser test).
+test: $(STAMP)
+	$(PY) -m pytest
+
+## Build the site from the notebooks already executed in book/.
+site: $(STAMP)
+	$(VENV)/bin/jupyter-book build .
+
+## Speed measurements, printed as ratios.
+bench: $(STAMP)
+	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf _build book/*.ipynb book/_timings.json

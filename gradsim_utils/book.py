@@ -1,0 +1,125 @@
+"""Run the book: execute every chapter with papermill, then build the site with jupyter-book.
+
+``python -m gradsim_utils.book --profile quick`` is what ``make book`` calls. Chapters are the
+jupytext text notebooks ``notebooks/NN_*.md`` in name order; each is converted to ``.ipynb``
+in the output folder (``book/`` by default) and executed there in place with the profile and
+any ``-p name value`` parameters. The first failing chapter stops the run with an error naming
+the chapter and the failing cell. The wall time of each chapter is written to
+``<output>/_timings.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jupytext
+import papermill
+from tqdm.auto import tqdm
+
+__all__ = ["ChapterFailed", "chapter_sources", "execute_chapter", "run_chapters", "build_book", "main"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ChapterFailed(RuntimeError):
+    """A chapter raised while papermill executed it."""
+
+
+def chapter_sources(notebook_dir: Path = REPO_ROOT / "notebooks", only: list[str] | None = None) -> list[Path]:
+    """The chapter notebooks ``NN_*.md`` in name order; ``only`` keeps names starting with a prefix."""
+    sources = sorted(Path(notebook_dir).glob("[0-9][0-9]_*.md"))
+    if not sources:
+        raise FileNotFoundError(f"no chapter notebooks (NN_*.md) in {notebook_dir}")
+    if only:
+        sources = [s for s in sources if any(s.stem.startswith(prefix) for prefix in only)]
+        if not sources:
+            raise ValueError(f"--only {only} matches no chapter in {notebook_dir}")
+    return sources
+
+
+def execute_chapter(source: Path, output_dir: Path, parameters: dict, kernel_name: str = "python3",
+                    progress: bool = True) -> Path:
+    """Convert ``source`` to ``output_dir/<stem>.ipynb`` and execute it there with ``parameters``."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    target = output_dir / f"{source.stem}.ipynb"
+    jupytext.write(jupytext.read(source), target)
+    try:
+        papermill.execute_notebook(
+            str(target), str(target), parameters=parameters, kernel_name=kernel_name,
+            cwd=str(output_dir), progress_bar=progress,
+        )
+    except papermill.PapermillExecutionError as err:
+        first_line = err.source.strip().splitlines()[0] if err.source.strip() else ""
+        raise ChapterFailed(
+            f"chapter {source.name} failed in cell {err.cell_index} (execution count "
+            f"{err.exec_count}, starting {first_line!r}): {err.ename}: {err.evalue}\n"
+            f"The executed notebook with the traceback is {target}"
+        ) from None
+    return target
+
+
+def run_chapters(profile: str = "quick", parameters: dict | None = None,
+                 output_dir: Path = REPO_ROOT / "book", only: list[str] | None = None,
+                 notebook_dir: Path = REPO_ROOT / "notebooks", progress: bool = True) -> dict[str, float]:
+    """Execute the chapters in order; returns and saves the wall time of each (seconds)."""
+    params = {"profile": profile, **(parameters or {})}
+    output_dir = Path(output_dir)
+    timings_path = output_dir / "_timings.json"
+    timings: dict[str, float] = {}
+    sources = chapter_sources(notebook_dir, only)
+    for source in tqdm(sources, desc=f"chapters ({profile})", unit="chapter", disable=not progress):
+        tqdm.write(f"executing {source.name} ...")
+        start = time.perf_counter()
+        execute_chapter(source, output_dir, params, progress=progress)
+        timings[source.stem] = round(time.perf_counter() - start, 1)
+        tqdm.write(f"  {source.name}: {timings[source.stem]} s")
+        timings_path.write_text(json.dumps({"profile": profile, "parameters": params, "seconds": timings}, indent=1))
+    return timings
+
+
+def build_book(root: Path = REPO_ROOT, strict: bool = False) -> Path:
+    """``jupyter-book build root`` (execution off in _config.yml); returns the html folder."""
+    cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(root)]
+    if strict:
+        cmd += ["-W", "-n", "--keep-going"]
+    subprocess.run(cmd, check=True)
+    return Path(root) / "_build" / "html"
+
+
+def _parse_value(text: str):
+    """A command-line parameter value: a Python literal if it parses as one, else the string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gradsim_utils.book", description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="quick", help="smoke | quick | paper | paper-dryrun")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="a papermill parameter for every chapter (repeatable)")
+    parser.add_argument("--only", nargs="+", help="run only chapters whose file name starts with these prefixes")
+    parser.add_argument("--output-dir", type=Path, default=REPO_ROOT / "book")
+    parser.add_argument("--no-build", action="store_true", help="execute the chapters but do not build the site")
+    parser.add_argument("--strict", action="store_true", help="treat Sphinx warnings as errors")
+    args = parser.parse_args(argv)
+    params = {name: _parse_value(value) for name, value in args.parameter}
+    try:
+        run_chapters(args.profile, params, args.output_dir, args.only)
+    except ChapterFailed as err:
+        print(f"\nERROR: {err}", file=sys.stderr)
+        return 1
+    if not args.no_build:
+        html = build_book(REPO_ROOT, strict=args.strict)
+        print(f"site built: {html / 'index.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Content-addressed on-disk cache with atomic writes (DESIGN.md section 2).
+
+An entry lives at ``<cache_dir>/<namespace>/<key>.<suffix>`` where ``key`` is the SHA-256 of
+everything that determines the entry (parameters, seed, code version of the step). Writes go to
+a temporary file in the same folder and are renamed into place, so an interrupted run never
+leaves a half-written entry.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import platformdirs
+import torch
+
+__all__ = ["cache_dir", "cache_key", "atomic_write", "cached_torch"]
+
+
+def cache_dir() -> Path:
+    """The cache root: ``$GRADSIM_CACHE`` if set, else the user's cache dir (``~/.cache/gradsim``)."""
+    root = os.environ.get("GRADSIM_CACHE") or platformdirs.user_cache_dir("gradsim")
+    path = Path(root).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cache_key(**parts: Any) -> str:
+    """SHA-256 (first 16 hex digits) of the canonical JSON of ``parts`` (keys sorted)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def cached_torch(namespace: str, key: str, compute: Callable[[], Any]) -> Any:
+    """Load ``<namespace>/<key>.pt`` if present, else ``compute()`` it and save it atomically.
+
+    The value must be loadable with ``torch.load(weights_only=True)``: tensors, numbers, strings
+    and (nested) lists, tuples and dicts of them.
+    """
+    path = cache_dir() / namespace / f"{key}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True, map_location="cpu")
+    value = compute()
+    atomic_write(path, lambda tmp: torch.save(value, tmp))
+    return value
