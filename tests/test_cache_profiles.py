@@ -1,0 +1,74 @@
+"""Content-addressed cache, profiles and device selection."""
+import os
+
+import pytest
+import torch
+
+from gradsim_utils import book, cache, profiles
+
+
+def test_cache_dir_follows_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADSIM_CACHE", str(tmp_path / "c"))
+    assert cache.cache_dir() == tmp_path / "c"
+    assert (tmp_path / "c").is_dir()
+
+
+def test_cache_key_is_order_independent_and_sensitive_to_values():
+    assert cache.cache_key(a=1, b="x") == cache.cache_key(b="x", a=1)
+    assert cache.cache_key(a=1, b="x") != cache.cache_key(a=2, b="x")
+    assert len(cache.cache_key(a=1)) == 16
+
+
+def test_cached_torch_computes_once_and_reloads(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADSIM_CACHE", str(tmp_path))
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"w": torch.arange(3.0), "acc": 0.5}
+
+    first = cache.cached_torch("ns", "k1", compute)
+    second = cache.cached_torch("ns", "k1", compute)
+    assert len(calls) == 1
+    assert torch.equal(first["w"], second["w"]) and second["acc"] == 0.5
+    assert os.listdir(tmp_path / "ns") == ["k1.pt"]
+
+
+def test_interrupted_write_leaves_no_entry(tmp_path):
+    target = tmp_path / "entry.pt"
+
+    def failing_write(tmp):
+        tmp.write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.atomic_write(target, failing_write)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_profile_and_overrides():
+    with pytest.raises(ValueError, match="unknown profile 'fast'"):
+        profiles.get_profile("fast")
+    assert profiles.get_profile("quick", epochs=7).epochs == 7
+    assert profiles.get_profile("quick").name == "quick"
+
+
+def test_device_selection():
+    assert profiles.get_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert profiles.get_device("auto").type == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            profiles.get_device("cuda")
+
+
+def test_runner_parses_parameter_values():
+    assert book._parse_value("3") == 3
+    assert book._parse_value("0.5") == 0.5
+    assert book._parse_value("['layer3', 'layer4']") == ["layer3", "layer4"]
+    assert book._parse_value("cpu") == "cpu"
+
+
+def test_runner_rejects_unknown_chapter_prefix():
+    with pytest.raises(ValueError, match="matches no chapter"):
+        book.chapter_sources(only=["99"])
