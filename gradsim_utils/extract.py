@@ -21,6 +21,7 @@ from typing import Iterator
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from tqdm import tqdm
 
 from .profiles import get_device
@@ -31,6 +32,7 @@ __all__ = [
     "get_layer",
     "representations",
     "gradient_weight_identity_error",
+    "loss_input_gradients",
 ]
 
 
@@ -327,3 +329,30 @@ def gradient_weight_identity_error(model: nn.Module, reps: Representations, clas
     scale = expected.abs().amax(dim=1).clamp_min(torch.finfo(expected.dtype).tiny)
     error = (reps.grad_weights - expected).abs().amax(dim=1) / scale
     return float(error.max())
+
+
+def loss_input_gradients(model: nn.Module, images, labels, batch_size: int = 64,
+                         device: str | torch.device = "auto", progress: bool = True) -> torch.Tensor:
+    """Seed 001's gradient: g_i = d L(f(x_i), y_i) / d x_i, L the cross-entropy with true label y_i.
+
+    One backward of the batch's summed loss gives each image its own gradient (images do not
+    interact in eval mode). The gradient is taken with respect to the model's prepared input (after
+    ``models.prepare_inputs``); the result is N x 3 x H x W on the CPU.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    images = _as_image_tensor(images)
+    labels = torch.as_tensor(labels)
+    if labels.shape != (images.shape[0],) or labels.is_floating_point():
+        raise ValueError(f"labels must be {images.shape[0]} integer class indices, got shape {tuple(labels.shape)}")
+    dev = get_device(device)
+    model.to(dev)
+    grads = []
+    with torch.inference_mode(False), torch.enable_grad(), _frozen_eval(model):
+        for start in tqdm(range(0, images.shape[0], batch_size), desc="input gradients", unit="batch",
+                          disable=not progress):
+            stop = min(start + batch_size, images.shape[0])
+            x = _prepare(model, images[start:stop], dev).requires_grad_(True)
+            loss = F.cross_entropy(model(x), labels[start:stop].long().to(dev), reduction="sum")
+            grads.append(torch.autograd.grad(loss, x)[0].cpu())
+    return torch.cat(grads)

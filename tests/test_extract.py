@@ -325,3 +325,19 @@ def test_with_a_model_from_load_model():
     assert extract.gradient_weight_identity_error(model, reps) < TOL
     with pytest.raises(ValueError, match="NaN or Inf"):
         extract.representations(model, torch.full((1, 3, 8, 8), float("nan")), progress=False)
+
+
+def test_loss_input_gradients_equal_a_per_image_loop():
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None, num_classes=5).eval()
+    x = torch.randn(4, 3, 48, 48)
+    labels = torch.tensor([0, 3, 1, 4])
+    batched = extract.loss_input_gradients(net, x, labels, batch_size=3, device="cpu", progress=False)
+    for i in range(4):
+        xi = x[i:i + 1].clone().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(net(xi), labels[i:i + 1])
+        (expected,) = torch.autograd.grad(loss, xi)
+        torch.testing.assert_close(batched[i:i + 1], expected, atol=1e-6, rtol=1e-4)
+    assert all(p.requires_grad for p in net.parameters())
+    with pytest.raises(ValueError, match="labels must be 4 integer"):
+        extract.loss_input_gradients(net, x, labels[:3], device="cpu", progress=False)
