@@ -30,6 +30,7 @@ __all__ = [
     "Representations",
     "LayerTap",
     "get_layer",
+    "last_block_inner_conv",
     "representations",
     "gradient_weight_identity_error",
     "loss_input_gradients",
@@ -76,6 +77,23 @@ def get_layer(model: nn.Module, layer: str) -> nn.Module:
         f"unknown layer {layer!r} in {type(model).__name__}; close matches: {close}; "
         f"top-level layers: {children} (any name from model.named_modules() works)"
     )
+
+
+def last_block_inner_conv(model: nn.Module, stage: str = "layer4") -> str:
+    """Name of the last convolution inside the last residual block of ``stage``.
+
+    ``conv2`` of a BasicBlock, ``conv3`` of a Bottleneck: its output comes before the block's batch
+    norm, residual addition and ReLU, so gradient weights there depend on the input (DESIGN.md s. 7).
+    """
+    blocks = get_layer(model, stage)
+    if not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
+        raise ValueError(f"{stage!r} must be a non-empty nn.Sequential of residual blocks")
+    last = len(blocks) - 1
+    convs = [name for name, module in blocks[last].named_children() if isinstance(module, nn.Conv2d)
+             and name.startswith("conv")]
+    if not convs:
+        raise ValueError(f"the last block of {stage!r} has no conv1/conv2/conv3 layers")
+    return f"{stage}.{last}.{max(convs)}"
 
 
 class LayerTap:

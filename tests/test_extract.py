@@ -341,3 +341,11 @@ def test_loss_input_gradients_equal_a_per_image_loop():
     assert all(p.requires_grad for p in net.parameters())
     with pytest.raises(ValueError, match="labels must be 4 integer"):
         extract.loss_input_gradients(net, x, labels[:3], device="cpu", progress=False)
+
+
+@pytest.mark.parametrize("arch, expected", [("resnet18", "layer4.1.conv2"), ("resnet34", "layer4.2.conv2"),
+                                            ("resnet50", "layer4.2.conv3"), ("resnet152", "layer4.2.conv3")])
+def test_last_block_inner_conv_names_the_torchvision_layer(arch, expected):
+    net = getattr(torchvision.models, arch)(weights=None)
+    assert extract.last_block_inner_conv(net) == expected
+    assert isinstance(extract.get_layer(net, expected), nn.Conv2d)
