@@ -1,5 +1,12 @@
-"""gradsim_utils: the small package every chapter of the gradsim book imports."""
-from . import cache, profiles
+"""gradsim_utils: the small package every chapter of the gradsim book imports.
 
-__all__ = ["cache", "profiles"]
+Modules, one concern each: ``profiles`` (scale settings, device), ``cache`` (content-addressed
+disk cache), ``data`` (controlled benchmark, diffusion images, image folders), ``models`` and
+``training`` (torchvision, tiny and EfficientNet-Lite0 models), ``extract`` (one batched pass:
+logits, features, gradient weights), ``similarity`` (cosine tables), ``plotting`` and ``report``
+(figures and glued numbers), ``book`` (papermill + jupyter-book runner).
+"""
+from . import cache, data, extract, models, plotting, profiles, report, similarity, training
+
+__all__ = ["cache", "data", "extract", "models", "plotting", "profiles", "report", "similarity", "training"]
 __version__ = "0.1.0"

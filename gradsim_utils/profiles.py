@@ -47,7 +47,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "quick": Profile(
         name="quick", data="benchmark", models=TINY_MODELS,
-        image_size=32, n_train_per_class=400, n_analysis_per_class=50, epochs=4,
+        image_size=32, n_train_per_class=500, n_analysis_per_class=50, epochs=2,
     ),
     "paper": Profile(
         name="paper", data="diffusion", models=TORCHVISION_MODELS,

@@ -1,0 +1,231 @@
+"""Models: layouts against torchvision, loading and caching, weights offline, input preparation."""
+import time
+
+import pytest
+import torch
+import torchvision
+from torchvision import transforms
+
+from gradsim_utils import cache, models, profiles, training
+
+DEPTHS = (18, 34, 50, 101, 152)
+
+
+def _layer_names(model: torch.nn.Module) -> set[str]:
+    return {name for name, _ in model.named_modules() if name.startswith("layer")}
+
+
+@pytest.mark.parametrize("depth", DEPTHS)
+def test_tiny_resnet_has_torchvision_blocks_and_names(depth):
+    tiny = models.build_tiny_resnet(f"tiny-resnet{depth}", num_classes=10, base_width=16)
+    reference = torchvision.models.get_model(f"resnet{depth}", weights=None)
+    assert _layer_names(tiny) == _layer_names(reference)
+    assert [n for n, _ in tiny.named_children()] == [
+        n for n, _ in reference.named_children() if n != "maxpool"]
+    assert "layer4.1.conv2" in _layer_names(tiny)
+    for stage in ("layer1", "layer2", "layer3", "layer4"):
+        assert type(getattr(tiny, stage)[0]) is type(getattr(reference, stage)[0])
+
+
+@pytest.mark.parametrize("depth, channels", [(18, 128), (50, 512)])
+def test_tiny_resnet_output_and_feature_shapes(depth, channels):
+    model = models.build_tiny_resnet(f"tiny-resnet{depth}", num_classes=10, base_width=16).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        stem = model.relu(model.bn1(model.conv1(x)))
+        features = model.layer4(model.layer3(model.layer2(model.layer1(stem))))
+        logits = model(x)
+    assert stem.shape == (3, 16, 32, 32)
+    assert features.shape == (3, channels, 4, 4)
+    assert logits.shape == (3, 10)
+    assert model.fc.in_features == channels
+
+
+@pytest.fixture(scope="module")
+def smoke_models():
+    """The smoke profile's models, trained once (cold cache) with the load time measured."""
+    start = time.perf_counter()
+    loaded = models.models_for_profile("smoke", device="cpu", progress=False)
+    return loaded, time.perf_counter() - start
+
+
+def test_models_for_profile_trains_the_smoke_models(smoke_models):
+    loaded, _ = smoke_models
+    prof = profiles.get_profile("smoke")
+    assert [name for name, _ in loaded] == list(prof.models)
+    for name, model in loaded:
+        info = model.gradsim_info
+        assert not model.training
+        assert info.name == name and info.input_size == prof.image_size and info.weights == "trained"
+        assert len(info.class_names) == 10
+        assert 0.0 <= info.analysis_accuracy <= 1.0 and info.train_seconds > 0
+        with torch.no_grad():
+            assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_second_load_comes_from_the_cache(smoke_models):
+    loaded, _ = smoke_models
+    first = dict(loaded)["tiny-resnet50"]
+    start = time.perf_counter()
+    again = models.load_model("tiny-resnet50", profile="smoke", device="cpu", progress=False)
+    assert time.perf_counter() - start < 1.0
+    for (k, a), (_, b) in zip(first.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert again.gradsim_info == first.gradsim_info
+    prof = profiles.get_profile("smoke")
+    names = {p.name for p in (cache.cache_dir() / "models").iterdir()}
+    assert {f"{training.model_cache_key(n, prof, 0)}.pt" for n in prof.models} <= names
+    assert not [n for n in names if n.startswith(".") or n.endswith(".tmp")]  # atomic writes
+
+
+def test_training_is_reproducible_and_reports_metrics(smoke_models):
+    loaded, _ = smoke_models
+    prof = profiles.get_profile("smoke")
+    state, metrics = training.train_tiny_resnet("tiny-resnet18", prof, seed=0, device="cpu", progress=False)
+    for key, value in dict(loaded)["tiny-resnet18"].state_dict().items():
+        assert torch.equal(state[key], value), key
+    n_analysis = 10 * prof.n_analysis_per_class
+    assert metrics["n_train"] == 10 * prof.n_train_per_class
+    assert metrics["confusion"].shape == (10, 10) and int(metrics["confusion"].sum()) == n_analysis
+    assert metrics["analysis_accuracy"] == pytest.approx(
+        float(metrics["confusion"].diag().sum()) / n_analysis)
+    assert len(metrics["per_class_accuracy"]) == 10
+    assert metrics["images_per_second"] > 0 and metrics["final_train_loss"] > 0
+
+
+@pytest.mark.parametrize("field, value", [
+    ("image_size", 40), ("n_train_per_class", 21), ("n_analysis_per_class", 7), ("epochs", 2),
+    ("batch_size", 32), ("base_width", 8)])
+def test_cache_key_changes_with_every_training_field(field, value):
+    base = profiles.get_profile("smoke")
+    key = training.model_cache_key("tiny-resnet18", base, seed=0)
+    assert training.model_cache_key("tiny-resnet18", base, seed=0) == key
+    assert training.model_cache_key("tiny-resnet18", profiles.get_profile("smoke", **{field: value}), 0) != key
+
+
+def test_cache_key_changes_with_name_seed_and_code_version(monkeypatch):
+    prof = profiles.get_profile("smoke")
+    key = training.model_cache_key("tiny-resnet18", prof, seed=0)
+    assert training.model_cache_key("tiny-resnet34", prof, seed=0) != key
+    assert training.model_cache_key("tiny-resnet18", prof, seed=1) != key
+    monkeypatch.setattr(training, "CODE_VERSION", training.CODE_VERSION + "-changed")
+    assert training.model_cache_key("tiny-resnet18", prof, seed=0) != key
+
+
+def test_random_torchvision_weights_are_reproducible():
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    a = models.load_model("resnet18", weights=None, seed=0, device="cpu")
+    assert torch.equal(torch.rand(3), expected_next)  # the global RNG is left alone
+    b = models.load_model("resnet18", weights=None, seed=0, device="cpu")
+    c = models.load_model("resnet18", weights=None, seed=1, device="cpu")
+    assert torch.equal(a.conv1.weight, b.conv1.weight) and torch.equal(a.fc.weight, b.fc.weight)
+    assert not torch.equal(a.conv1.weight, c.conv1.weight)
+    assert a.gradsim_info.weights is None and len(a.gradsim_info.class_names) == 1000
+    assert a.gradsim_info.class_names[281] == "tabby"
+
+
+def test_random_tiny_resnet_needs_no_training():
+    a = models.load_model("tiny-resnet34", profile="smoke", weights=None, seed=3, device="cpu")
+    b = models.load_model("tiny-resnet34", profile="smoke", weights=None, seed=3, device="cpu")
+    assert torch.equal(a.layer3[0].conv1.weight, b.layer3[0].conv1.weight)
+    assert a.gradsim_info.weights is None and a.gradsim_info.analysis_accuracy is None
+    assert a.gradsim_info.class_names == training.benchmark_class_names()
+    assert a.gradsim_info.class_names[1] == "red-solid-circle"
+
+
+@pytest.fixture
+def empty_hub_dir(tmp_path):
+    before = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    yield tmp_path / "hub"
+    torch.hub.set_dir(before)
+
+
+def test_missing_imagenet_weights_raise_one_clear_error(empty_hub_dir):
+    expected = empty_hub_dir / "checkpoints" / "resnet50-0676ba61.pth"
+    with pytest.raises(models.WeightsUnavailableError) as err:
+        models.load_model("resnet50", weights="IMAGENET1K_V1", device="cpu")
+    message = str(err.value)
+    assert str(expected) in message and "checkpoint=" in message and "resnet50" in message
+    assert not empty_hub_dir.exists() or not any(empty_hub_dir.rglob("*"))  # nothing downloaded
+    with pytest.raises(models.WeightsUnavailableError, match="resnet18-f37072fd.pth"):
+        models.load_model("resnet18", profile="paper", device="cpu")  # the profile's weights
+
+
+def test_weights_load_from_the_hub_cache_or_a_checkpoint(empty_hub_dir, tmp_path):
+    source = models.load_model("resnet18", weights=None, seed=5, device="cpu")
+    hub_file = models.hub_checkpoint_path("resnet18", "IMAGENET1K_V1")
+    hub_file.parent.mkdir(parents=True)
+    torch.save(source.state_dict(), hub_file)
+    from_hub = models.load_model("resnet18", weights="IMAGENET1K_V1", device="cpu")
+    assert torch.equal(from_hub.fc.weight, source.fc.weight)
+    assert from_hub.gradsim_info.weights == "IMAGENET1K_V1"
+    local = tmp_path / "mine.pth"
+    torch.save(source.state_dict(), local)
+    from_file = models.load_model("resnet18", weights=None, checkpoint=local, device="cpu")
+    assert torch.equal(from_file.conv1.weight, source.conv1.weight)
+    with pytest.raises(models.WeightsUnavailableError, match="nowhere.pth"):
+        models.load_model("resnet18", checkpoint=tmp_path / "nowhere.pth", device="cpu")
+
+
+def test_bad_names_raise_value_errors():
+    with pytest.raises(ValueError, match="unknown model 'resnet19'.*tiny-resnet18.*efficientnet-lite0"):
+        models.load_model("resnet19")
+    with pytest.raises(ValueError, match="IMAGENET1K_V1"):
+        models.load_model("resnet18", weights="IMAGENET_V9")
+    with pytest.raises(ValueError, match="torchvision ResNets only"):
+        models.load_model("tiny-resnet18", checkpoint="x.pth")
+
+
+def test_prepare_inputs_matches_torchvision_normalize():
+    model = models.load_model("resnet18", weights=None, device="cpu")
+    images = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
+    images[0, :, 0, 0] = torch.tensor([0, 128, 255], dtype=torch.uint8)
+    expected = transforms.Normalize(models.IMAGENET_MEAN, models.IMAGENET_STD)(images.float() / 255)
+    prepared = models.prepare_inputs(model, images)
+    assert prepared.dtype == torch.float32 and prepared.shape == (2, 3, 224, 224)
+    torch.testing.assert_close(prepared, expected)
+    hand = torch.tensor([(0 - 0.485) / 0.229, (128 / 255 - 0.456) / 0.224, (1 - 0.406) / 0.225])
+    torch.testing.assert_close(prepared[0, :, 0, 0], hand)
+    torch.testing.assert_close(models.prepare_inputs(model, images.float() / 255), expected)
+
+
+def test_prepare_inputs_resizes_and_rejects_bad_input():
+    model = models.load_model("resnet18", weights=None, device="cpu")
+    constant = torch.full((1, 3, 32, 32), 0.5)
+    resized = models.prepare_inputs(model, constant)
+    assert resized.shape == (1, 3, 224, 224)
+    torch.testing.assert_close(resized[0, :, 100, 7], (0.5 - torch.tensor(models.IMAGENET_MEAN))
+                               / torch.tensor(models.IMAGENET_STD))
+    for bad_value in (float("nan"), float("inf")):
+        images = torch.rand(2, 3, 224, 224)
+        images[1, 2, 3, 4] = bad_value
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            models.prepare_inputs(model, images)
+    with pytest.raises(ValueError, match="0-1 scale"):
+        models.prepare_inputs(model, torch.rand(1, 3, 224, 224) * 255)
+    with pytest.raises(ValueError, match="N x 3 x H x W"):
+        models.prepare_inputs(model, torch.rand(3, 224, 224))
+
+
+def test_efficientnet_lite0_sees_a_cat_in_chelsea():
+    skimage_data = pytest.importorskip("skimage.data")
+    model = models.load_model("efficientnet-lite0", device="cpu")
+    photo = torch.from_numpy(skimage_data.chelsea()).permute(2, 0, 1).unsqueeze(0)
+    with torch.no_grad():
+        probs = model(models.prepare_inputs(model, photo)).softmax(1)[0]
+    top = int(probs.argmax())
+    assert 281 <= top <= 285, model.gradsim_info.class_names[top]
+    assert float(probs[281:286].sum()) > 0.8
+    assert model.gradsim_info.input_size == 224 and model.gradsim_info.mean == (0.5, 0.5, 0.5)
+
+
+def test_confusion_matrix_matches_scikit_learn():
+    from sklearn.metrics import confusion_matrix
+
+    labels = torch.tensor([0, 0, 1, 2, 2, 2, 1])
+    preds = torch.tensor([0, 1, 1, 2, 0, 2, 1])
+    expected = confusion_matrix(labels.numpy(), preds.numpy(), labels=[0, 1, 2, 3])
+    assert training.confusion_matrix(labels, preds, 4).tolist() == expected.tolist()
