@@ -681,14 +681,31 @@ def _natural_key(path: Path):
 
 
 def _read_square(path: Path, size: int) -> np.ndarray:
-    """RGB image resized so its shorter side is ``size``, centre-cropped to size x size."""
+    """RGB image file resized so its shorter side is ``size``, centre-cropped to size x size."""
     with Image.open(path) as image:
-        image = image.convert("RGB")
+        return _square(image.convert("RGB"), size)
+
+
+def _square(image: Image.Image, size: int) -> np.ndarray:
+    """``image`` resized so its shorter side is ``size`` (bicubic), centre-cropped to size x size."""
     scale = size / min(image.size)
     width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
     image = image.resize((width, height), Image.Resampling.BICUBIC)
     left, top = (width - size) // 2, (height - size) // 2
     return np.asarray(image.crop((left, top, left + size, top + size)))
+
+
+SAMPLE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
+
+
+def sample_photos(image_size: int = 224) -> tuple[torch.Tensor, list[str]]:
+    """Real photos shipped with scikit-image (a cat, a cup of coffee, an astronaut, a rocket) as a
+    uint8 N x 3 x S x S tensor, for the offline real-model demonstration; and their names."""
+    import skimage.data
+
+    arrays = [_square(Image.fromarray(getattr(skimage.data, name)()).convert("RGB"), image_size)
+              for name in SAMPLE_PHOTOS]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), list(SAMPLE_PHOTOS)
 
 
 def load_image_folder(root, image_size: int = 224, class_names: Sequence[str] | None = None,

@@ -407,3 +407,17 @@ def test_profile_data_dryrun_generates_caches_and_loads(monkeypatch):
         data.load_profile_data(prof, split="train")
     with pytest.raises(ValueError, match="profile"):
         data.load_profile_data("huge")
+
+
+def test_sample_photos_are_square_uint8_crops_of_the_skimage_photos():
+    import skimage.data
+
+    images, names = data.sample_photos(image_size=96)
+    assert images.shape == (4, 3, 96, 96) and images.dtype == torch.uint8
+    assert names == ["chelsea", "coffee", "astronaut", "rocket"]
+    # the cat photo's mean colour survives the resize (within a few grey levels)
+    cat = skimage.data.chelsea().astype(float)
+    h, w = cat.shape[:2]
+    side = min(h, w)
+    crop = cat[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
+    np.testing.assert_allclose(images[0].float().mean(dim=(1, 2)).numpy(), crop.mean(axis=(0, 1)), atol=3)
