@@ -1,13 +1,16 @@
 """Numbers from executed cells into the book's text (myst-nb glue), never typed by hand."""
 from __future__ import annotations
 
+import json
 import numbers
+import re
+from pathlib import Path
 
 import numpy as np
 import torch
 from myst_nb import glue as _myst_glue
 
-__all__ = ["glue", "as_builtin"]
+__all__ = ["glue", "as_builtin", "record_claim", "load_claims", "VERDICTS"]
 
 
 def as_builtin(value):
@@ -26,3 +29,47 @@ def as_builtin(value):
 def glue(name: str, value, display: bool = False):
     """``myst_nb.glue`` of ``value`` as a Python builtin, so ``{glue:text}`name:.3f``` formats it."""
     return _myst_glue(name, as_builtin(value), display=display)
+
+
+VERDICTS = ("reproduced", "not reproduced", "explained by an artifact", "not testable offline")
+RESULTS_DIR = "_results"
+
+
+def record_claim(claim_id: str, *, chapter: str, seed: str, claim: str, seed_value: str, ours,
+                 verdict: str, fmt: str = ".3f", ci: tuple[float, float] | None = None,
+                 evidence: str = "", results_dir: str | Path = RESULTS_DIR) -> dict:
+    """One claim of a seed, our number for it and the verdict, for the book's summary page.
+
+    ``ours`` is glued under ``claim_id`` (so the summary page can show it by cross-notebook glue,
+    ``{glue:text}`<chapter>.ipynb::<claim_id>```) and the record is merged into
+    ``<results_dir>/<chapter>.json`` (relative to the executing notebook, i.e. ``book/_results``).
+    ``seed_value`` is the seed's number quoted as text; ``verdict`` must be one of ``VERDICTS``
+    and must be computed by the chapter from its numbers, never typed as a constant outcome.
+    """
+    if verdict not in VERDICTS:
+        raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_\-]+", claim_id):
+        raise ValueError(f"claim_id must be letters, digits, '_' or '-', got {claim_id!r}")
+    ours = as_builtin(ours)
+    record = {
+        "claim_id": claim_id, "chapter": chapter, "seed": seed, "claim": claim,
+        "seed_value": str(seed_value), "ours": ours, "fmt": fmt, "verdict": verdict,
+        "ci": None if ci is None else [as_builtin(ci[0]), as_builtin(ci[1])], "evidence": evidence,
+    }
+    glue(claim_id, ours)
+    path = Path(results_dir) / f"{chapter}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records = json.loads(path.read_text()) if path.exists() else {}
+    records[claim_id] = record
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(records, indent=1))
+    tmp.replace(path)
+    return record
+
+
+def load_claims(results_dir: str | Path = RESULTS_DIR) -> list[dict]:
+    """Every recorded claim, in chapter order then recording order."""
+    claims: list[dict] = []
+    for path in sorted(Path(results_dir).glob("*.json")):
+        claims.extend(json.loads(path.read_text()).values())
+    return claims
