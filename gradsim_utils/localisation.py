@@ -1,0 +1,112 @@
+"""Does a saliency map find the object? Box and mask localisation scores (seeds 000 and 004).
+
+Seed 004 (section 4.3) turns a map into a box: normalise it to [0, 1], keep the pixels at or above
+a threshold (0.2), take the box around the largest connected region, and count a query as
+localised when that box's IoU with the ground-truth box is at least 0.5. Boxes are
+``(x0, y0, x1, y1)`` in pixel edges with ``x1``/``y1`` exclusive, as ``data.make_benchmark`` gives.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+__all__ = ["SEED004_THRESHOLD", "SEED004_MIN_IOU", "normalise_maps", "threshold_box", "threshold_boxes",
+           "paired_box_iou", "localisation_accuracy", "pointing_game", "mask_iou"]
+
+SEED004_THRESHOLD = 0.2
+SEED004_MIN_IOU = 0.5
+
+
+def _as_maps(maps) -> torch.Tensor:
+    maps = torch.as_tensor(maps, dtype=torch.float64)
+    if maps.ndim == 2:
+        maps = maps[None]
+    if maps.ndim != 3:
+        raise ValueError(f"maps must be (H, W) or (N, H, W), got shape {tuple(maps.shape)}")
+    if not torch.isfinite(maps).all():
+        raise ValueError("maps contain NaN or Inf")
+    return maps
+
+
+def normalise_maps(maps) -> torch.Tensor:
+    """Min-max normalise each map to [0, 1]: (m - min m) / (max m - min m); a constant map gives 0."""
+    maps = _as_maps(maps)
+    flat = maps.flatten(1)
+    low, high = flat.min(1).values, flat.max(1).values
+    span = (high - low).clamp_min(torch.finfo(maps.dtype).tiny)
+    out = (maps - low[:, None, None]) / span[:, None, None]
+    return torch.where((high > low)[:, None, None], out, torch.zeros_like(out))
+
+
+def threshold_box(saliency_map, threshold: float = SEED004_THRESHOLD) -> torch.Tensor:
+    """Box around the largest connected region of ``normalise(map) >= threshold`` (seed 004).
+
+    Regions are 8-connected (``scipy.ndimage.label``); ties in size go to the region with the
+    larger summed saliency. A constant map (no peak) gives the whole image: every pixel ties.
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+    norm = normalise_maps(saliency_map)[0].numpy()
+    height, width = norm.shape
+    if norm.max() == 0.0:
+        return torch.tensor([0.0, 0.0, float(width), float(height)])
+    regions, n_regions = ndimage.label(norm >= threshold, structure=np.ones((3, 3), dtype=bool))
+    index = np.arange(1, n_regions + 1)
+    sizes = ndimage.sum_labels(np.ones_like(norm), regions, index)
+    mass = ndimage.sum_labels(norm, regions, index)
+    best = index[np.lexsort((mass, sizes))[-1]]
+    rows, cols = np.nonzero(regions == best)
+    return torch.tensor([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], dtype=torch.float32)
+
+
+def threshold_boxes(maps, threshold: float = SEED004_THRESHOLD) -> torch.Tensor:
+    """``threshold_box`` of each map in an (N, H, W) stack: (N, 4)."""
+    return torch.stack([threshold_box(m, threshold) for m in _as_maps(maps)])
+
+
+def paired_box_iou(boxes_a, boxes_b) -> torch.Tensor:
+    """IoU of box i of ``boxes_a`` with box i of ``boxes_b``: |A n B| / |A u B|, both (N, 4)."""
+    a, b = torch.as_tensor(boxes_a, dtype=torch.float64), torch.as_tensor(boxes_b, dtype=torch.float64)
+    if a.shape != b.shape or a.ndim != 2 or a.shape[1] != 4:
+        raise ValueError(f"boxes must both be (N, 4), got {tuple(a.shape)} and {tuple(b.shape)}")
+    if ((a[:, 2:] < a[:, :2]) | (b[:, 2:] < b[:, :2])).any():
+        raise ValueError("boxes must satisfy x1 >= x0 and y1 >= y0")
+    top_left = torch.maximum(a[:, :2], b[:, :2])
+    bottom_right = torch.minimum(a[:, 2:], b[:, 2:])
+    inter = (bottom_right - top_left).clamp_min(0).prod(1)
+    area = lambda box: (box[:, 2:] - box[:, :2]).prod(1)
+    union = area(a) + area(b) - inter
+    return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(union))
+
+
+def localisation_accuracy(ious, min_iou: float = SEED004_MIN_IOU) -> float:
+    """Share of maps whose box has IoU >= ``min_iou`` with the ground truth (seed 004, 0.5)."""
+    ious = torch.as_tensor(ious, dtype=torch.float64)
+    if ious.numel() == 0:
+        raise ValueError("no IoUs to score (empty input)")
+    return float((ious >= min_iou).double().mean())
+
+
+def pointing_game(maps, masks) -> torch.Tensor:
+    """Hit (bool per map) when the map's maximum falls on the object mask; ties count if any hits."""
+    maps = _as_maps(maps)
+    masks = torch.as_tensor(masks, dtype=torch.bool)
+    if masks.ndim == 2:
+        masks = masks[None]
+    if masks.shape != maps.shape:
+        raise ValueError(f"maps {tuple(maps.shape)} and masks {tuple(masks.shape)} differ in shape")
+    peaks = maps == maps.flatten(1).max(1).values[:, None, None]
+    return (peaks & masks).flatten(1).any(1)
+
+
+def mask_iou(binary_a, binary_b) -> torch.Tensor:
+    """IoU of two (N, H, W) binary masks per item; two empty masks give 0."""
+    a, b = torch.as_tensor(binary_a, dtype=torch.bool), torch.as_tensor(binary_b, dtype=torch.bool)
+    if a.shape != b.shape:
+        raise ValueError(f"masks differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+    if a.ndim == 2:
+        a, b = a[None], b[None]
+    inter = (a & b).flatten(1).sum(1).double()
+    union = (a | b).flatten(1).sum(1).double()
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(union))

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+from torchvision.ops import box_iou
+
+from gradsim_utils import localisation as loc
+
+
+def test_threshold_box_keeps_the_largest_region_not_the_highest_peak():
+    m = np.zeros((10, 12))
+    m[1:3, 1:3] = 1.0          # small, strongest
+    m[5:9, 4:10] = 0.5         # large, weaker: still above 0.2 after normalisation
+    assert loc.threshold_box(m).tolist() == [4, 5, 10, 9]
+
+
+def test_threshold_box_threshold_is_relative_to_the_map_range():
+    m = np.full((8, 8), 10.0)
+    m[2:4, 2:6] = 11.0          # only these pass (m - 10) / 1 >= 0.2
+    assert loc.threshold_box(m).tolist() == [2, 2, 6, 4]
+    assert loc.threshold_box(m, threshold=0.0).tolist() == [0, 0, 8, 8]
+
+
+def test_constant_and_zero_maps_give_the_whole_image():
+    for m in (np.zeros((5, 7)), np.full((5, 7), 3.0)):
+        assert loc.threshold_box(m).tolist() == [0, 0, 7, 5]
+
+
+def test_diagonal_neighbours_join_one_region():
+    m = np.zeros((6, 6))
+    m[1, 1] = m[2, 2] = m[3, 3] = 1.0
+    m[0, 5] = 1.0
+    assert loc.threshold_box(m).tolist() == [1, 1, 4, 4]
+
+
+def test_paired_iou_matches_torchvision_diagonal():
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(20, 2, generator=g) * 20
+    wh = torch.rand(20, 2, generator=g) * 10
+    a = torch.cat([xy, xy + wh], 1)
+    b = torch.cat([xy + 3, xy + 3 + wh.flip(0)], 1)
+    assert torch.allclose(loc.paired_box_iou(a, b), box_iou(a, b).diagonal().double(), atol=1e-6)
+
+
+def test_hand_worked_iou_and_accuracy():
+    iou = loc.paired_box_iou([[0, 0, 2, 2], [0, 0, 2, 2], [0, 0, 1, 1]], [[1, 1, 3, 3], [0, 0, 2, 2], [5, 5, 6, 6]])
+    assert iou.tolist() == pytest.approx([1 / 7, 1.0, 0.0])
+    assert loc.localisation_accuracy(iou) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="empty"):
+        loc.localisation_accuracy([])
+    with pytest.raises(ValueError, match="x1 >= x0"):
+        loc.paired_box_iou([[2, 0, 1, 1]], [[0, 0, 1, 1]])
+
+
+def test_pointing_game_and_mask_iou():
+    maps = torch.zeros(2, 4, 4)
+    maps[0, 1, 1] = 1
+    maps[1, 3, 3] = 1
+    masks = torch.zeros(2, 4, 4, dtype=torch.bool)
+    masks[:, :2, :2] = True
+    assert loc.pointing_game(maps, masks).tolist() == [True, False]
+    assert loc.mask_iou(masks[0], masks[0]).item() == 1.0
+    assert loc.mask_iou(torch.zeros(3, 3), torch.zeros(3, 3)).item() == 0.0
+    with pytest.raises(ValueError, match="NaN"):
+        loc.threshold_box(np.full((3, 3), np.nan))
