@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 
 ## Execute every chapter on $(PROFILE) (default quick) and build the site into _build/html.
 book: $(STAMP)
-	$(PY) -m gradsim_utils.book --profile $(PROFILE)
+	$(PY) -m gradsim_utils.book --profile $(PROFILE) --strict
 
 ## Run the test suite (unit tests, smoke-profile notebooks, book build, browser test).
 test: $(STAMP)

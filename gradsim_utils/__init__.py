@@ -6,7 +6,8 @@ disk cache), ``data`` (controlled benchmark, diffusion images, image folders), `
 logits, features, gradient weights), ``similarity`` (cosine tables), ``plotting`` and ``report``
 (figures and glued numbers), ``book`` (papermill + jupyter-book runner).
 """
-from . import cache, data, extract, models, plotting, profiles, report, similarity, training
+from . import cache, data, extract, localisation, models, plotting, profiles, provenance, report, similarity, stats, training
 
-__all__ = ["cache", "data", "extract", "models", "plotting", "profiles", "report", "similarity", "training"]
+__all__ = ["cache", "data", "extract", "localisation", "models", "plotting", "profiles", "provenance", "report",
+           "similarity", "stats", "training"]
 __version__ = "0.1.0"

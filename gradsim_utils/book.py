@@ -6,11 +6,18 @@ in the output folder (``book/`` by default) and executed there in place with the
 any ``-p name value`` parameters. The first failing chapter stops the run with an error naming
 the chapter and the failing cell. The wall time of each chapter is written to
 ``<output>/_timings.json``.
+
+A chapter whose executed notebook is up to date is not run again: its inputs (the text notebook,
+the parameters and the source of ``gradsim_utils``) are hashed into the executed notebook's
+metadata, and an unchanged hash skips it (``--force`` runs everything). Pages whose front matter
+sets ``gradsim: {always_execute: true}`` (the summary and reproducibility pages, which read the
+other chapters' results) run every time.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import subprocess
 import sys
@@ -18,10 +25,12 @@ import time
 from pathlib import Path
 
 import jupytext
+import nbformat
 import papermill
 from tqdm.auto import tqdm
 
-__all__ = ["ChapterFailed", "chapter_sources", "execute_chapter", "run_chapters", "build_book", "main"]
+__all__ = ["ChapterFailed", "chapter_sources", "chapter_inputs_hash", "is_up_to_date", "execute_chapter",
+           "run_chapters", "build_book", "main"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,12 +51,49 @@ def chapter_sources(notebook_dir: Path = REPO_ROOT / "notebooks", only: list[str
     return sources
 
 
+def chapter_inputs_hash(source: Path, parameters: dict) -> str:
+    """sha256 of what an executed chapter depends on: its text, the parameters, gradsim_utils' code."""
+    digest = hashlib.sha256(Path(source).read_bytes())
+    digest.update(json.dumps(parameters, sort_keys=True, default=str).encode())
+    for module in sorted((REPO_ROOT / "gradsim_utils").glob("*.py")):
+        digest.update(module.name.encode() + module.read_bytes())
+    return digest.hexdigest()
+
+
+def is_up_to_date(source: Path, target: Path, parameters: dict) -> bool:
+    """True when ``target`` was executed without error from the same inputs as ``source`` now has."""
+    if not target.is_file():
+        return False
+    if jupytext.read(source).metadata.get("gradsim", {}).get("always_execute", False):
+        return False
+    try:
+        meta = nbformat.read(target, as_version=4).metadata.get("gradsim", {})
+    except (OSError, ValueError):   # unreadable or half-written notebook: run it again
+        return False
+    return meta.get("inputs_hash") == chapter_inputs_hash(source, parameters) and meta.get("complete", False)
+
+
+_DISPLAY_TAGS = {"remove-cell", "remove-input", "hide-cell", "hide-input"}
+
+
+def _hide_injected_parameters_like_defaults(notebook) -> None:
+    """Give papermill's injected-parameters cell the display tags of the chapter's parameters cell."""
+    tags_of = lambda cell: set(cell.get("metadata", {}).get("tags", []))
+    display = set().union(*(tags_of(c) & _DISPLAY_TAGS for c in notebook.cells if "parameters" in tags_of(c)))
+    for cell in notebook.cells:
+        if "injected-parameters" in tags_of(cell):
+            cell.metadata["tags"] = sorted(tags_of(cell) | display)
+
+
 def execute_chapter(source: Path, output_dir: Path, parameters: dict, kernel_name: str = "python3",
                     progress: bool = True) -> Path:
     """Convert ``source`` to ``output_dir/<stem>.ipynb`` and execute it there with ``parameters``."""
     output_dir.mkdir(parents=True, exist_ok=True)
     target = output_dir / f"{source.stem}.ipynb"
-    jupytext.write(jupytext.read(source), target)
+    notebook = jupytext.read(source)
+    notebook.metadata.setdefault("gradsim", {}).update(
+        inputs_hash=chapter_inputs_hash(source, parameters), complete=False)
+    jupytext.write(notebook, target)
     try:
         papermill.execute_notebook(
             str(target), str(target), parameters=parameters, kernel_name=kernel_name,
@@ -60,25 +106,42 @@ def execute_chapter(source: Path, output_dir: Path, parameters: dict, kernel_nam
             f"{err.exec_count}, starting {first_line!r}): {err.ename}: {err.evalue}\n"
             f"The executed notebook with the traceback is {target}"
         ) from None
+    executed = nbformat.read(target, as_version=4)
+    _hide_injected_parameters_like_defaults(executed)
+    executed.metadata["gradsim"]["complete"] = True
+    nbformat.write(executed, target)
     return target
 
 
 def run_chapters(profile: str = "quick", parameters: dict | None = None,
                  output_dir: Path = REPO_ROOT / "book", only: list[str] | None = None,
-                 notebook_dir: Path = REPO_ROOT / "notebooks", progress: bool = True) -> dict[str, float]:
-    """Execute the chapters in order; returns and saves the wall time of each (seconds)."""
+                 notebook_dir: Path = REPO_ROOT / "notebooks", progress: bool = True,
+                 force: bool = False) -> dict[str, float]:
+    """Execute the chapters in order, skipping up-to-date ones unless ``force``; returns the wall
+    time of each (seconds; a skipped chapter keeps the time of its last execution). The times are
+    saved to ``<output_dir>/_timings.json`` after every chapter, so later pages can show them."""
     params = {"profile": profile, **(parameters or {})}
     output_dir = Path(output_dir)
     timings_path = output_dir / "_timings.json"
+    previous = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     timings: dict[str, float] = {}
+    skipped: list[str] = []
     sources = chapter_sources(notebook_dir, only)
     for source in tqdm(sources, desc=f"chapters ({profile})", unit="chapter", disable=not progress):
-        tqdm.write(f"executing {source.name} ...")
-        start = time.perf_counter()
-        execute_chapter(source, output_dir, params, progress=progress)
-        timings[source.stem] = round(time.perf_counter() - start, 1)
-        tqdm.write(f"  {source.name}: {timings[source.stem]} s")
-        timings_path.write_text(json.dumps({"profile": profile, "parameters": params, "seconds": timings}, indent=1))
+        target = output_dir / f"{source.stem}.ipynb"
+        if not force and source.stem in previous.get("seconds", {}) and is_up_to_date(source, target, params):
+            timings[source.stem] = previous["seconds"][source.stem]
+            skipped.append(source.stem)
+            tqdm.write(f"{source.name}: up to date, not executed (last run {timings[source.stem]} s)")
+        else:
+            tqdm.write(f"executing {source.name} ...")
+            start = time.perf_counter()
+            execute_chapter(source, output_dir, params, progress=progress)
+            timings[source.stem] = round(time.perf_counter() - start, 1)
+            tqdm.write(f"  {source.name}: {timings[source.stem]} s")
+        earlier = previous.get("seconds", {}) if previous.get("parameters") == params else {}
+        timings_path.write_text(json.dumps({"profile": profile, "parameters": params,
+                                            "seconds": {**earlier, **timings}, "up_to_date": skipped}, indent=1))
     return timings
 
 
@@ -108,10 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", type=Path, default=REPO_ROOT / "book")
     parser.add_argument("--no-build", action="store_true", help="execute the chapters but do not build the site")
     parser.add_argument("--strict", action="store_true", help="treat Sphinx warnings as errors")
+    parser.add_argument("--force", action="store_true", help="execute every chapter, even up-to-date ones")
     args = parser.parse_args(argv)
     params = {name: _parse_value(value) for name, value in args.parameter}
     try:
-        run_chapters(args.profile, params, args.output_dir, args.only)
+        run_chapters(args.profile, params, args.output_dir, args.only, force=args.force)
     except ChapterFailed as err:
         print(f"\nERROR: {err}", file=sys.stderr)
         return 1

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from myst_nb import glue as _myst_glue
 
-__all__ = ["glue", "as_builtin", "record_claim", "load_claims", "VERDICTS"]
+__all__ = ["glue", "as_builtin", "record_claim", "load_claims", "claims_for_profile", "claims_markdown_table",
+           "VERDICTS"]
 
 
 def as_builtin(value):
@@ -73,3 +74,39 @@ def load_claims(results_dir: str | Path = RESULTS_DIR) -> list[dict]:
     for path in sorted(Path(results_dir).glob("*.json")):
         claims.extend(json.loads(path.read_text()).values())
     return claims
+
+
+def claims_for_profile(profile: str, results_dir: str | Path = RESULTS_DIR) -> list[dict]:
+    """The claims recorded by chapters whose executed notebook (next to ``results_dir``) ran on ``profile``.
+
+    Results left by a chapter executed on another profile, or whose notebook is gone, are skipped,
+    so the summary never mixes profiles.
+    """
+    book_dir = Path(results_dir).parent
+    kept = []
+    for claim in load_claims(results_dir):
+        notebook = book_dir / f"{claim['chapter']}.ipynb"
+        if notebook.is_file() and _executed_profile(notebook) == profile:
+            kept.append(claim)
+    return kept
+
+
+def _executed_profile(notebook: Path) -> str | None:
+    metadata = json.loads(notebook.read_text()).get("metadata", {})
+    return metadata.get("papermill", {}).get("parameters", {}).get("profile")
+
+
+def claims_markdown_table(claims: list[dict]) -> str:
+    """A MyST Markdown table of claims; our value is a cross-notebook glue reference to its chapter."""
+    lines = ["| seed | chapter | claim | seed's number | ours [95 % CI] | verdict |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for c in claims:
+        if isinstance(c["ours"], (int, float)) and not isinstance(c["ours"], bool):
+            ours = f"{{glue:text}}`{c['chapter']}.ipynb::{c['claim_id']}:{c['fmt']}`"
+            if c.get("ci"):
+                ours += f" [{c['ci'][0]:{c['fmt']}}, {c['ci'][1]:{c['fmt']}}]"
+        else:
+            ours = f"{{glue:text}}`{c['chapter']}.ipynb::{c['claim_id']}`"
+        cells = [c["seed"], f"{{doc}}`{c['chapter']}`", c["claim"], c["seed_value"], ours, f"**{c['verdict']}**"]
+        lines.append("| " + " | ".join(str(cell).replace("|", "\\|").replace("\n", " ") for cell in cells) + " |")
+    return "\n".join(lines)
