@@ -2,10 +2,20 @@
 
 cos(a, b) = <a, b> / (||a|| ||b||). A zero vector has no direction: its cosine with anything is
 defined as 0 (as scikit-learn's ``cosine_similarity`` does), never NaN.
+
+``pair_statistics`` summarises one cosine matrix by the within-class mean (classes weighted
+equally), the between-class mean and the AUC of within- vs between-class pair cosines, with a
+percentile bootstrap over *images* (stratified by class): pairs that share an image are not
+independent, so resampling pairs would understate the uncertainty.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
+
+from .stats import Estimate
 
 __all__ = [
     "cosine_matrix",
@@ -14,7 +24,24 @@ __all__ = [
     "within_class_cosine_from_matrix",
     "within_class_agreement",
     "predicted_label_cosine",
+    "image_bootstrap_counts",
+    "PairStatistics",
+    "pair_statistics",
+    "SEED000_COSINE",
+    "seed_representations",
 ]
+
+#: Decimals kept when pair cosines are ranked for the AUC (differences below are round-off).
+AUC_DECIMALS = 9
+
+#: Seed 000's cosine table (seed000, "Experimental Results"), quoted: model -> Cos_Sim_{GW,P,FM}.
+SEED000_COSINE = {
+    "ResNet-18": {"GW": 0.832475, "P": 0.750405, "FM": 0.809194},
+    "ResNet-34": {"GW": 0.891979, "P": 0.760314, "FM": 0.821133},
+    "ResNet-50": {"GW": 0.970702, "P": 0.781508, "FM": 0.842356},
+    "ResNet-101": {"GW": 0.898816, "P": 0.777873, "FM": 0.841248},
+    "ResNet-152": {"GW": 0.918961, "P": 0.784820, "FM": 0.834101},
+}
 
 
 def _as_2d_float(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -62,8 +89,37 @@ def within_class_cosine(x: torch.Tensor, labels: torch.Tensor) -> dict[int, floa
     """Mean cosine over all unordered pairs of distinct samples of each class.
 
     Returns ``{class: mean cosine}``; a class with fewer than two samples has no pair and raises.
+    With unit rows u_i (zero rows stay zero) the class's Gram block U U^T sums to
+    1^T U U^T 1 = ||U^T 1||^2, so the pair mean is (||sum_i u_i||^2 - sum_i ||u_i||^2) / (n (n - 1)):
+    the normalised matrix product reduced algebraically, O(N D) instead of O(N^2 D). Rows are
+    processed in float64 blocks of about a million numbers, so no full-size float64 copy is made.
     """
-    return within_class_cosine_from_matrix(cosine_matrix(x), labels)
+    x = torch.as_tensor(x)
+    if x.ndim < 2:
+        raise ValueError(f"x must have shape (N, ...) with N samples, got shape {tuple(x.shape)}")
+    x = x.detach().cpu().reshape(x.shape[0], -1).numpy()
+    if not np.isfinite(x.sum(dtype=np.float64)):  # NaN and Inf propagate into the sum
+        raise ValueError("x contains NaN or Inf")
+    labels = _check_labels(labels, x.shape[0])
+    classes, index, sizes = np.unique(labels.numpy(), return_inverse=True, return_counts=True)
+    if sizes.min() < 2:
+        c = classes[sizes.argmin()].item()
+        raise ValueError(f"class {c} has {sizes.min()} sample(s); a within-class cosine needs two")
+    sums = np.zeros((len(classes), x.shape[1]))
+    self_terms = np.zeros(len(classes))
+    step = max(1, 2**20 // max(1, x.shape[1]))
+    for start in range(0, x.shape[0], step):
+        block = x[start:start + step].astype(np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+        inverse = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+        unit = block * inverse[:, None]
+        block_index = index[start:start + step]
+        for c in np.unique(block_index):  # at most (classes x blocks) vectorised row sums
+            sums[c] += unit[block_index == c].sum(0)
+        self_terms += np.bincount(index[start:start + step], weights=(norms > 0).astype(float),
+                                  minlength=len(classes))
+    means = (np.einsum("ij,ij->i", sums, sums) - self_terms) / (sizes * (sizes - 1.0))
+    return {c.item(): float(m) for c, m in zip(classes, means)}
 
 
 def within_class_cosine_from_matrix(sims: torch.Tensor, labels: torch.Tensor) -> dict[int, float]:
@@ -99,3 +155,153 @@ def within_class_agreement(preds: torch.Tensor, labels: torch.Tensor) -> float:
     if not same.any():
         raise ValueError("no class has two samples, so there is no within-class pair")
     return (preds[i[same]] == preds[j[same]]).double().mean().item()
+
+
+def image_bootstrap_counts(labels, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
+    """How often each image is drawn in each of ``n_resamples`` stratified bootstrap resamples.
+
+    Returns an int array (n_resamples, N): within every class of ``labels`` the class's n_c images
+    are drawn n_c times with replacement, so class sizes stay fixed (efron1994bootstrap).
+    """
+    labels = np.asarray(torch.as_tensor(labels))
+    if labels.ndim != 1 or len(labels) == 0:
+        raise ValueError(f"labels must be a non-empty 1-D array, got shape {labels.shape}")
+    if not isinstance(n_resamples, int) or n_resamples < 1:
+        raise ValueError(f"n_resamples must be a positive int, got {n_resamples!r}")
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((n_resamples, len(labels)), dtype=np.int64)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        counts[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1.0 / len(idx)), size=n_resamples)
+    return counts
+
+
+@dataclass(frozen=True)
+class PairStatistics:
+    """Within-class mean, between-class mean and within-vs-between AUC of a cosine matrix.
+
+    Each field is an array whose element 0 is the full-sample value and elements 1.. the bootstrap
+    replicates (NaN where a replicate has no pair of distinct images of that kind).
+    ``estimate(field)`` gives the value with its percentile interval; ``difference(other, field)``
+    the paired difference with another representation scored on the same resamples.
+    """
+
+    within: np.ndarray
+    between: np.ndarray
+    auc: np.ndarray
+
+    def _interval(self, values: np.ndarray, level: float) -> Estimate:
+        reps = values[1:][np.isfinite(values[1:])]
+        if len(reps) == 0:
+            return Estimate(float(values[0]), float(values[0]), float(values[0]), level)
+        low, high = np.percentile(reps, [50 * (1 - level), 50 * (1 + level)])
+        return Estimate(float(values[0]), float(low), float(high), level)
+
+    def estimate(self, field: str, level: float = 0.95) -> Estimate:
+        """``field`` ("within", "between", "auc") with its percentile bootstrap interval."""
+        if field not in ("within", "between", "auc"):
+            raise ValueError(f"field must be 'within', 'between' or 'auc', got {field!r}")
+        return self._interval(getattr(self, field), level)
+
+    def difference(self, other: "PairStatistics", field: str, level: float = 0.95) -> Estimate:
+        """``self.field - other.field`` with a paired interval (both must share resamples)."""
+        a, b = getattr(self, field), getattr(other, field)
+        if a.shape != b.shape:
+            raise ValueError(f"the two statistics have different resamples: {a.shape} vs {b.shape}")
+        return self._interval(a - b, level)
+
+
+def _auc_replicates(s: np.ndarray, within: np.ndarray, counts: np.ndarray, i: np.ndarray,
+                    j: np.ndarray) -> np.ndarray:
+    """Weighted Mann-Whitney AUC P(s_within > s_between) + 0.5 P(tie) for each row of ``counts``.
+
+    Pair (i, j) has weight n_i n_j. Scores are compared after rounding to ``AUC_DECIMALS`` decimals:
+    vectors that are equal up to float32 round-off (gradient weights of one predicted class) give
+    cosines that differ around 1e-15, and those must tie, not be ranked by round-off noise.
+    The between-class pairs are sorted by score once and their
+    weights cumulated per row; each within-class pair then reads the between weight strictly
+    below its score and tied with it (two searchsorted positions), in exact integer arithmetic.
+    """
+    s = np.round(s, AUC_DECIMALS)
+    order = np.argsort(s[~within], kind="stable")
+    sb, ib, jb = s[~within][order], i[~within][order], j[~within][order]
+    sw, iw, jw = s[within], i[within], j[within]
+    left = np.searchsorted(sb, sw, side="left")
+    right = np.searchsorted(sb, sw, side="right")
+    # pairs x resamples layout: row gathers and a cumulative sum down contiguous rows
+    dtype = np.int32 if len(counts[0]) ** 2 < 2**31 // 4 else np.int64  # exact: no overflow
+    counts_t = np.ascontiguousarray(np.asarray(counts).T, dtype=dtype)
+    out = np.empty(counts_t.shape[1])
+    block = max(1, int(4e6 // max(1, len(sb))))
+    for start in range(0, counts_t.shape[1], block):
+        c = counts_t[:, start:start + block]
+        cum = np.zeros((len(sb) + 1, c.shape[1]), dtype=np.int64)
+        np.cumsum(c[ib] * c[jb], axis=0, out=cum[1:])
+        ww = (c[iw] * c[jw]).astype(np.int64)
+        twice = (ww * (cum[left] + cum[right])).sum(0)  # 2 * (below + tie / 2)
+        out[start:start + c.shape[1]] = _ratio(twice / 2.0, ww.sum(0) * cum[-1].astype(np.float64))
+    return out
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den elementwise, NaN where den is 0 (no pair of that kind in a replicate)."""
+    den = np.asarray(den, dtype=np.float64)
+    return np.divide(num, den, out=np.full(den.shape, np.nan), where=den > 0)
+
+
+def pair_statistics(sims: torch.Tensor, labels, counts: np.ndarray | None = None) -> PairStatistics:
+    """Within-class mean cosine, between-class mean and AUC from an N x N cosine matrix ``sims``.
+
+    Pairs are unordered pairs of distinct images. Within = mean over classes (equal weights) of
+    the mean cosine of the class's pairs (seed 000's Cos_Sim, classes of equal size give the
+    plain pair mean); between = mean over all pairs of different classes; AUC = probability that
+    a random within-class pair has a higher cosine than a random between-class pair (ties 1/2),
+    i.e. ``sklearn.metrics.roc_auc_score(same_class, cosine)``. With ``counts`` (from
+    ``image_bootstrap_counts``) every pair (i, j) of a replicate has weight n_i n_j, so copies
+    of one image are never paired with themselves. Needs a class with two images and two classes.
+    """
+    sims = torch.as_tensor(sims)
+    if sims.ndim != 2 or sims.shape[0] != sims.shape[1]:
+        raise ValueError(f"sims must be a square N x N matrix, got shape {tuple(sims.shape)}")
+    labels = np.asarray(_check_labels(labels, sims.shape[0]))
+    n = len(labels)
+    _, class_index = np.unique(labels, return_inverse=True)
+    n_classes = class_index.max() + 1
+    if np.bincount(class_index).max() < 2 or n_classes < 2:
+        raise ValueError("pair statistics need a class with at least two images and at least two classes")
+    ones = np.ones((1, n), dtype=np.int64)
+    counts = ones if counts is None else np.concatenate([ones, np.asarray(counts)])
+    if counts.shape[1] != n:
+        raise ValueError(f"counts must have one column per image ({n}), got shape {counts.shape}")
+    i, j = np.triu_indices(n, k=1)
+    s = sims.numpy().astype(np.float64)[i, j]
+    within = class_index[i] == class_index[j]
+    c = counts.astype(np.float64)
+    # sum over pairs i != j of n_i n_j S_ij is c^T S c with a zero diagonal: matrix products
+    s_full = sims.numpy().astype(np.float64).copy()
+    np.fill_diagonal(s_full, 0.0)
+    class_means = []
+    for k in range(n_classes):
+        idx = np.flatnonzero(class_index == k)
+        if len(idx) < 2:
+            continue
+        ck = c[:, idx]
+        weight = ck.sum(1) ** 2 - (ck ** 2).sum(1)
+        class_means.append(_ratio(((ck @ s_full[np.ix_(idx, idx)]) * ck).sum(1), weight))
+    class_means = np.stack(class_means)
+    counted = np.isfinite(class_means)
+    within_mean = _ratio(np.where(counted, class_means, 0.0).sum(0), counted.sum(0))
+    same = class_index[:, None] == class_index[None, :]
+    class_totals = np.stack([c[:, class_index == k].sum(1) for k in range(n_classes)])
+    between_w = c.sum(1) ** 2 - (class_totals ** 2).sum(0)
+    between_mean = _ratio(((c @ np.where(same, 0.0, s_full)) * c).sum(1), between_w)
+    auc = _auc_replicates(s, within, c, i, j)
+    return PairStatistics(within=within_mean, between=between_mean, auc=auc)
+
+
+def seed_representations(reps) -> dict[str, torch.Tensor]:
+    """Seed 000's three vectors per image from an ``extract.Representations``: gradient weights
+    "GW" (N x K), softmax probabilities "P" (N x C) and the flattened feature map "FM"."""
+    if reps.features is None:
+        raise ValueError("reps has no features: extract them with keep_features=True")
+    return {"GW": reps.grad_weights, "P": reps.probs, "FM": reps.features.flatten(1)}

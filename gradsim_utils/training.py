@@ -30,7 +30,7 @@ from . import data
 from .cache import cache_key
 from .profiles import TINY_MODELS, Profile, get_device
 
-__all__ = ["CODE_VERSION", "MEAN", "STD", "RECIPE", "benchmark_class_names", "benchmark_fingerprint",
+__all__ = ["CODE_VERSION", "MEAN", "STD", "RECIPE", "benchmark_class_names", "benchmark_fingerprint", "cpu_threads", "fit",
            "model_cache_key", "confusion_matrix", "evaluate", "train_tiny_resnet"]
 
 # Bump when anything below changes the trained weights or the reported metrics.
@@ -96,7 +96,7 @@ def model_cache_key(name: str, profile: Profile, seed: int) -> str:
 
 
 @contextmanager
-def _cpu_threads():
+def cpu_threads():
     """Use one torch thread per available core for the block, then restore the previous count."""
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
@@ -148,12 +148,12 @@ def train_tiny_resnet(name: str, profile: Profile, seed: int = 0, device: str | 
                                    seed=seed, image_size=profile.image_size)
     n_classes = len(train.class_names)
     generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]), _cpu_threads():
+    with torch.random.fork_rng(devices=[]), cpu_threads():
         torch.manual_seed(seed)
         zero_init = resnet_depth(name) >= RECIPE["zero_init_min_depth"]
         model = build_tiny_resnet(name, n_classes, profile.base_width, zero_init_residual=zero_init)
         model = model.to(dev, memory_format=torch.channels_last)
-        seconds, loss, n_seen = _fit(model, train.images, train.labels, profile, generator, dev,
+        seconds, loss, n_seen = fit(model, train.images, train.labels, profile, generator, dev,
                                      desc=name if progress else None)
         preds = evaluate(model, analysis.images, dev)
     confusion = confusion_matrix(analysis.labels, preds, n_classes)
@@ -172,7 +172,7 @@ def train_tiny_resnet(name: str, profile: Profile, seed: int = 0, device: str | 
     return state, metrics
 
 
-def _fit(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, profile: Profile,
+def fit(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, profile: Profile,
          generator: torch.Generator, device: torch.device, desc: str | None) -> tuple[float, float, int]:
     """The optimisation loop; returns wall seconds, mean loss of the last epoch, images seen.
 

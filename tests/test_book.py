@@ -22,7 +22,8 @@ CHROMIUM = os.environ.get("GRADSIM_CHROMIUM", "/usr/bin/chromium")
 
 def _toc_files() -> list[str]:
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    return [toc["root"]] + [entry["file"] for entry in toc["chapters"]]
+    chapters = [entry for part in toc.get("parts", [{"chapters": toc.get("chapters", [])}]) for entry in part["chapters"]]
+    return [toc["root"]] + [entry["file"] for entry in chapters]
 
 
 def _copy_book_sources(dest: Path) -> None:
@@ -68,6 +69,10 @@ def test_chapter_has_figures_glue_and_no_errors(smoke_site, source):
     assert glued, f"{source.stem} glues no number into its text"
     params = nb.metadata["papermill"]["parameters"]
     assert params["profile"] == "smoke"
+
+
+def test_every_chapter_is_in_the_table_of_contents():
+    assert {f"book/{s.stem}" for s in book.chapter_sources()} <= set(_toc_files())
 
 
 def test_every_toc_page_was_built(smoke_site):

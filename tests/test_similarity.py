@@ -56,5 +56,110 @@ def test_unordered_pairs_and_agreement_against_a_loop():
 def test_within_class_cosine_from_matrix_equals_direct():
     x = torch.randn(9, 5, generator=torch.Generator().manual_seed(1))
     labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
-    assert similarity.within_class_cosine_from_matrix(similarity.cosine_matrix(x), labels) == \
-        similarity.within_class_cosine(x, labels)
+    from_matrix = similarity.within_class_cosine_from_matrix(similarity.cosine_matrix(x), labels)
+    direct = similarity.within_class_cosine(x, labels)
+    assert from_matrix.keys() == direct.keys()
+    assert all(from_matrix[c] == pytest.approx(direct[c], abs=1e-12) for c in direct)
+
+
+def _pair_oracle(sims, labels, weights=None):
+    """Loop oracle: within (classes weighted equally), between, and sklearn's (weighted) ROC AUC."""
+    from sklearn.metrics import roc_auc_score
+    n = len(labels)
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
+    per_class = {}
+    between_num = between_den = 0.0
+    scores, same, pair_w = [], [], []
+    for a in range(n):
+        for b in range(a + 1, n):
+            wab = w[a] * w[b]
+            scores.append(float(sims[a, b])); same.append(bool(labels[a] == labels[b])); pair_w.append(wab)
+            if labels[a] == labels[b]:
+                num, den = per_class.get(int(labels[a]), (0.0, 0.0))
+                per_class[int(labels[a])] = (num + wab * float(sims[a, b]), den + wab)
+            else:
+                between_num += wab * float(sims[a, b]); between_den += wab
+    within = np.mean([num / den for num, den in per_class.values() if den > 0])
+    auc = roc_auc_score(same, scores, sample_weight=pair_w)
+    return within, between_num / between_den, auc
+
+
+def test_pair_statistics_matches_loop_and_sklearn_auc():
+    gen = torch.Generator().manual_seed(3)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 2])
+    x = torch.randn(9, 4, generator=gen) + 2 * torch.nn.functional.one_hot(labels, 4).double()
+    x[4] = x[3]  # an exact tie
+    sims = similarity.cosine_matrix(x)
+    stats = similarity.pair_statistics(sims, labels)
+    within, between, auc = _pair_oracle(sims.numpy(), labels.numpy())
+    assert stats.within[0] == pytest.approx(within)
+    assert stats.between[0] == pytest.approx(between)
+    assert stats.auc[0] == pytest.approx(auc)
+    counts = similarity.image_bootstrap_counts(labels, 5, seed=1)
+    boot = similarity.pair_statistics(sims, labels, counts)
+    for r in range(5):
+        w, b, a = _pair_oracle(sims.numpy(), labels.numpy(), counts[r])
+        assert boot.within[r + 1] == pytest.approx(w)
+        assert boot.between[r + 1] == pytest.approx(b)
+        assert boot.auc[r + 1] == pytest.approx(a)
+
+
+def test_auc_counts_ties_one_half_and_is_bounded():
+    labels = torch.tensor([0, 0, 1, 1])
+    # every pair has cosine 1: within and between tie, AUC exactly 0.5
+    stats = similarity.pair_statistics(similarity.cosine_matrix(torch.ones(4, 3)), labels)
+    assert stats.auc[0] == 0.5 and stats.within[0] == 1.0 and stats.between[0] == 1.0
+    # perfectly separated classes: AUC 1
+    x = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, 3.0]])
+    assert similarity.pair_statistics(similarity.cosine_matrix(x), labels).auc[0] == 1.0
+
+
+def test_bootstrap_counts_keep_class_sizes_and_intervals_cover_value():
+    labels = torch.tensor([0] * 5 + [1] * 7 + [2] * 4)
+    counts = similarity.image_bootstrap_counts(labels, 50, seed=0)
+    for c, size in ((0, 5), (1, 7), (2, 4)):
+        assert (counts[:, (labels == c).numpy()].sum(1) == size).all()
+    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(0))
+    stats = similarity.pair_statistics(similarity.cosine_matrix(x), labels, counts)
+    est = stats.estimate("within")
+    assert est.low <= est.high and np.isfinite([est.low, est.high]).all()
+    same = stats.difference(stats, "auc")
+    assert same.value == 0 and same.low == 0 and same.high == 0
+    with pytest.raises(ValueError, match="field"):
+        stats.estimate("median")
+
+
+def test_pair_statistics_degenerate_inputs():
+    # zero vectors: cosine 0, no NaN
+    x = torch.zeros(4, 3)
+    stats = similarity.pair_statistics(similarity.cosine_matrix(x), torch.tensor([0, 0, 1, 1]))
+    assert stats.within[0] == 0 and stats.auc[0] == 0.5
+    # two images per class: a replicate drawing one image twice has no within pair in that class
+    labels = torch.tensor([0, 0, 1, 1])
+    counts = np.array([[2, 0, 2, 0], [1, 1, 2, 0]])
+    boot = similarity.pair_statistics(similarity.cosine_matrix(torch.eye(4)), labels, counts)
+    assert np.isnan(boot.within[1]) and boot.within[2] == 0.0
+    with pytest.raises(ValueError, match="two images"):
+        similarity.pair_statistics(torch.eye(3), torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="square"):
+        similarity.pair_statistics(torch.ones(2, 3), torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match="n_resamples"):
+        similarity.image_bootstrap_counts(labels, 0)
+
+
+def test_seed_table_and_representations():
+    assert similarity.SEED000_COSINE["ResNet-50"]["GW"] == pytest.approx(0.970702)
+    from types import SimpleNamespace
+    reps = SimpleNamespace(grad_weights=torch.ones(2, 3), probs=torch.ones(2, 4), features=torch.ones(2, 3, 2, 2))
+    out = similarity.seed_representations(reps)
+    assert out["FM"].shape == (2, 12) and out["GW"].shape == (2, 3)
+    with pytest.raises(ValueError, match="keep_features"):
+        similarity.seed_representations(SimpleNamespace(grad_weights=None, probs=None, features=None))
+
+
+def test_auc_ties_vectors_equal_up_to_round_off():
+    """Gradient weights of one predicted class differ only by float32 round-off: they must tie."""
+    base = torch.randn(1, 64, generator=torch.Generator().manual_seed(5)).double()
+    noise = 1e-6 * torch.randn(8, 64, generator=torch.Generator().manual_seed(6)).double()
+    stats = similarity.pair_statistics(similarity.cosine_matrix(base + noise), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]))
+    assert stats.auc[0] == 0.5

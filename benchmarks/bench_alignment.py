@@ -1,0 +1,73 @@
+"""Speed of seed 001's pair loss: ``alignment.gradient_alignment_loss`` (one Gram matrix and a
+same-class mask) against ``alignment.gradient_alignment_loss_loop`` (one Python iteration per pair).
+
+Setting: 128 input gradients of a 32 px image (3 x 32 x 32 = 3072 values each), 10 classes, both
+forms, forward value plus the backward to the gradients (what training needs). The methods are
+timed in interleaved rounds (loop, batched, loop, batched, ...) so a burst of load from other
+processes hits both alike; each method's best round counts. Requirement: loop / batched >= 20.
+Torch threads: ``alignment.suggested_threads()`` (one on a busy machine, where OpenMP threads
+spinning for each other made the loop ~100x slower).
+
+Run: ``python benchmarks/bench_alignment.py`` (about a minute on 2 cores); writes
+``benchmarks/results/alignment.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from gradsim_utils import alignment
+
+RESULTS = Path(__file__).resolve().parent / "results" / "alignment.json"
+N, SHAPE, CLASSES, ROUNDS = 128, (3, 32, 32), 10, 3
+REQUIRED_RATIO = 20.0
+
+
+def _timed(fn, grads: torch.Tensor, labels: torch.Tensor, form: str) -> float:
+    """Seconds for the loss value and its gradient with respect to ``grads``."""
+    g = grads.detach().requires_grad_(True)
+    start = time.perf_counter()
+    loss = fn(g, labels, form=form, reduction="sum")
+    torch.autograd.grad(loss, g)
+    return time.perf_counter() - start
+
+
+def main() -> dict:
+    gen = torch.Generator().manual_seed(0)
+    grads = torch.randn(N, *SHAPE, generator=gen)
+    labels = torch.randint(0, CLASSES, (N,), generator=gen)
+    n_pairs = int(alignment.same_class_pairs(labels).sum())
+    out = {"n_samples": N, "dims": int(torch.tensor(SHAPE).prod()), "n_same_class_pairs": n_pairs,
+           "threads": torch.get_num_threads(), "rounds": ROUNDS, "forms": {},
+           "machine": {"cpu_count": os.cpu_count(), "load_1min": os.getloadavg()[0],
+                       "platform": platform.platform(), "torch": torch.__version__}}
+    for form in alignment.FORMS:
+        ref = alignment.gradient_alignment_loss_loop(grads, labels, form=form, reduction="sum")
+        got = alignment.gradient_alignment_loss(grads, labels, form=form, reduction="sum")
+        if not torch.allclose(ref, got, rtol=1e-4):
+            raise AssertionError(f"{form}: batched {got.item()} != loop {ref.item()}")
+        times = {"loop": [], "batched": []}
+        for _ in range(ROUNDS):
+            times["loop"].append(_timed(alignment.gradient_alignment_loss_loop, grads, labels, form))
+            times["batched"].append(_timed(alignment.gradient_alignment_loss, grads, labels, form))
+        best = {k: min(v) for k, v in times.items()}
+        ratio = best["loop"] / best["batched"]
+        out["forms"][form] = {"loop_s": best["loop"], "batched_s": best["batched"], "ratio": ratio,
+                              "meets_requirement": ratio >= REQUIRED_RATIO}
+        print(f"{form:9s}: loop {best['loop'] * 1e3:8.1f} ms  batched {best['batched'] * 1e3:6.2f} ms  "
+              f"ratio {ratio:6.1f}x  (>= {REQUIRED_RATIO:g}x: {ratio >= REQUIRED_RATIO})")
+    out["min_ratio"] = min(f["ratio"] for f in out["forms"].values())
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=1))
+    print(f"{N} samples, {n_pairs} same-class pairs; written to {RESULTS}")
+    return out
+
+
+if __name__ == "__main__":
+    with alignment.cpu_threads():  # one thread on a busy machine (see alignment.suggested_threads)
+        main()

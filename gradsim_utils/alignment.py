@@ -1,0 +1,491 @@
+"""Gradient-alignment learning, Hessian-vector products and Gaussian gradient MI (seed 001).
+
+Seed 001 proposes to make the input gradients g_i = d L(f(x_i), y_i) / d x_i of same-class images
+alike, with S_c the pairs (i, j), i < j, of class c:
+
+    Euclidean:  L_grad = sum_c sum_{(i,j) in S_c} ||g_i - g_j||^2
+    cosine:     L_grad = sum_c sum_{(i,j) in S_c} (1 - g_i.g_j / (||g_i|| ||g_j||))
+    total:      L_total = L_cls + lambda L_grad,
+
+trained by differentiating through g (double backward). Both forms are computed here from one Gram
+matrix G = g g^T and a same-class pair mask, with no loop over pairs: ||g_i - g_j||^2 =
+G_ii + G_jj - 2 G_ij. The Hessian-vector product H v = d/dx (dL/dx . v) is Pearlmutter's trick
+(1994). The Gaussian mutual information of two paired sets is seed 001's closed form
+I = 1/2 ln(|S_X| |S_Y| / |S_XY|), taken on a reduced dimension (PCA) because gradients have far
+more dimensions than there are samples.
+"""
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import data, models, similarity, training
+from .cache import cache_key, cached_torch
+from .profiles import TINY_MODELS, get_device
+
+__all__ = [
+    "FORMS", "CODE_VERSION", "same_class_pairs", "gradient_alignment_loss",
+    "gradient_alignment_loss_loop", "input_gradients", "hvp", "gaussian_mutual_information",
+    "train_aligned", "aligned_model", "input_hessian_top_eigenvalue", "alignment_measures",
+    "suggested_threads", "cpu_threads",
+]
+
+FORMS = ("euclidean", "cosine")
+REDUCTIONS = ("sum", "mean")
+HVP_METHODS = ("double-backward", "forward-over-reverse")
+# Bump when anything below changes the trained weights or the reported metrics.
+CODE_VERSION = "gradient-alignment-2"
+
+
+def suggested_threads() -> int:
+    """One torch thread per available core on a quiet machine, one thread when the machine is busy.
+
+    When the 1-minute load average is at least the core count, OpenMP threads spin-wait for each
+    other while the scheduler runs other processes: measured on 2 shared cores at load ~15, an input
+    gradient of 8 images took 15x longer with 2 threads than with 1 (the double backward 20x).
+    """
+    cores = max(1, len(os.sched_getaffinity(0)))
+    return 1 if os.getloadavg()[0] >= cores else cores
+
+
+@contextmanager
+def cpu_threads(n: int | None = None):
+    """Run a block with ``n`` torch threads (default :func:`suggested_threads`), then restore the count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(suggested_threads() if n is None else n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _check_choice(name: str, value, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def _check_grads_labels(grads: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(grads, torch.Tensor) or grads.ndim < 2 or grads.shape[0] == 0:
+        got = tuple(grads.shape) if isinstance(grads, torch.Tensor) else type(grads).__name__
+        raise ValueError(f"grads must be a tensor of shape (N, ...) with N >= 1 samples, got {got}")
+    labels = torch.as_tensor(labels, device=grads.device)
+    if labels.shape != (grads.shape[0],) or labels.is_floating_point():
+        raise ValueError(f"labels must be {grads.shape[0]} integer labels, got shape {tuple(labels.shape)} "
+                         f"and dtype {labels.dtype}")
+    return grads.reshape(grads.shape[0], -1), labels
+
+
+def same_class_pairs(labels: torch.Tensor) -> torch.Tensor:
+    """Boolean N x N mask of the seed's S_c, all c together: i < j and labels[i] == labels[j]."""
+    labels = torch.as_tensor(labels)
+    same = labels[:, None] == labels[None, :]
+    return torch.triu(same, diagonal=1)
+
+
+def gradient_alignment_loss(grads: torch.Tensor, labels: torch.Tensor, form: str = "cosine",
+                            reduction: str = "mean") -> torch.Tensor:
+    """Seed 001's L_grad over all same-class pairs of a batch, from one Gram matrix.
+
+    grads: (N, ...) input gradients (any shape per sample, flattened); labels: (N,) class labels.
+    form "euclidean": ||g_i - g_j||^2 = G_ii + G_jj - 2 G_ij; form "cosine": 1 - cos(g_i, g_j),
+    where a zero gradient has cosine 0 with everything (no NaN). reduction "sum" is the seed's
+    double sum; "mean" divides by the number of same-class pairs, so lambda does not scale with
+    the batch size. Differentiable (through ``grads``, e.g. with ``create_graph=True``). A batch
+    with no same-class pair gives 0.
+    """
+    _check_choice("form", form, FORMS)
+    _check_choice("reduction", reduction, REDUCTIONS)
+    flat, labels = _check_grads_labels(grads, labels)
+    mask = same_class_pairs(labels)
+    if form == "cosine":
+        unit = F.normalize(flat, dim=1, eps=1e-12)
+        per_pair = 1.0 - unit @ unit.T
+    else:
+        gram = flat @ flat.T
+        sq = gram.diagonal()
+        per_pair = sq[:, None] + sq[None, :] - 2.0 * gram
+    total = per_pair[mask].sum()
+    if reduction == "mean":
+        total = total / mask.sum().clamp(min=1)
+    return total
+
+
+def gradient_alignment_loss_loop(grads: torch.Tensor, labels: torch.Tensor, form: str = "cosine",
+                                 reduction: str = "mean") -> torch.Tensor:
+    """The same loss as :func:`gradient_alignment_loss`, written pair by pair as the seed states it.
+
+    A reference for tests and the benchmark only: O(N^2) Python iterations.
+    """
+    _check_choice("form", form, FORMS)
+    _check_choice("reduction", reduction, REDUCTIONS)
+    flat, labels = _check_grads_labels(grads, labels)
+    terms = []
+    for i in range(len(flat)):
+        for j in range(i + 1, len(flat)):
+            if labels[i] != labels[j]:
+                continue
+            if form == "euclidean":
+                terms.append(((flat[i] - flat[j]) ** 2).sum())
+            else:
+                denom = flat[i].norm() * flat[j].norm()
+                cos = (flat[i] @ flat[j]) / denom if denom > 0 else flat.new_zeros(())
+                terms.append(1.0 - cos)
+    if not terms:
+        return flat.new_zeros(())
+    total = torch.stack(terms).sum()
+    return total / len(terms) if reduction == "mean" else total
+
+
+def input_gradients(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
+                    create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """g_i = d L(f(x_i), y_i) / d x_i for a prepared float batch ``x``, and the logits.
+
+    L is the cross-entropy with the true label, summed over the batch, so each image gets its own
+    gradient when images do not interact (eval mode). In train mode BatchNorm's batch statistics
+    couple the images: then g_i also carries the (O(1/N)) effect of x_i on the others' losses.
+    ``create_graph=True`` keeps the graph, so a loss of g can be differentiated (double backward).
+    """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2:
+        raise ValueError("x must be a prepared float batch (N, ...), e.g. from models.prepare_inputs")
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        logits = model(x)
+        loss = F.cross_entropy(logits, torch.as_tensor(labels, device=logits.device).long(), reduction="sum")
+        (grads,) = torch.autograd.grad(loss, x, create_graph=create_graph)
+    return grads, logits
+
+
+def _as_tuple(value, name: str) -> tuple[torch.Tensor, ...]:
+    items = (value,) if isinstance(value, torch.Tensor) else tuple(value)
+    if not items or not all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in items):
+        raise ValueError(f"{name} must be a float tensor or a non-empty sequence of float tensors")
+    return items
+
+
+def hvp(func, inputs, vectors, method: str = "double-backward"):
+    """Hessian-vector product H v of the scalar ``func(*inputs)`` at ``inputs``, without forming H.
+
+    Pearlmutter's trick: H v = d/dx (dL/dx . v). "double-backward" differentiates the dot product of
+    the gradient (built with ``create_graph=True``) with v by reverse mode; "forward-over-reverse"
+    pushes v forward through the gradient function (``torch.func.jvp`` of ``torch.func.grad``).
+    Both cost a small constant times one gradient. ``inputs`` and ``vectors``: one tensor or
+    matching sequences of tensors; the result has the same structure as ``inputs``.
+    """
+    _check_choice("method", method, HVP_METHODS)
+    single = isinstance(inputs, torch.Tensor)
+    xs, vs = _as_tuple(inputs, "inputs"), _as_tuple(vectors, "vectors")
+    if len(xs) != len(vs) or any(x.shape != v.shape for x, v in zip(xs, vs)):
+        raise ValueError(f"vectors must match inputs in number and shape: {[tuple(x.shape) for x in xs]} vs "
+                         f"{[tuple(v.shape) for v in vs]}")
+    if method == "forward-over-reverse":
+        grad_fn = torch.func.grad(lambda *args: func(*args), argnums=tuple(range(len(xs))))
+        _, out = torch.func.jvp(grad_fn, xs, vs)
+    else:
+        with torch.enable_grad():
+            leaves = tuple(x.detach().requires_grad_(True) for x in xs)
+            value = func(*leaves)
+            if value.numel() != 1:
+                raise ValueError(f"func must return a scalar, got shape {tuple(value.shape)}")
+            grads = torch.autograd.grad(value, leaves, create_graph=True)
+            dot = sum((g * v).sum() for g, v in zip(grads, vs))
+            out = torch.autograd.grad(dot, leaves, allow_unused=True)
+            out = tuple(torch.zeros_like(x) if o is None else o for x, o in zip(leaves, out))
+    return out[0] if single else tuple(out)
+
+
+def _pca_standardised(x: np.ndarray, dim: int) -> np.ndarray:
+    """The first ``dim`` principal-component scores of ``x``, each scaled to unit variance."""
+    from sklearn.decomposition import PCA
+
+    scores = PCA(n_components=dim, svd_solver="auto", random_state=0).fit_transform(x)
+    std = scores.std(axis=0)
+    if np.any(std <= 0):
+        raise ValueError("a principal component has zero variance; lower dim")
+    return scores / std
+
+
+def gaussian_mutual_information(a, b, dim: int | None = None, shrinkage: str | float | None = "ledoit-wolf") -> float:
+    """Seed 001's Gaussian MI, I = 1/2 (ln|S_a| + ln|S_b| - ln|S_ab|), in nats, on a reduced dimension.
+
+    a (n, d_a) and b (n, d_b) are paired samples (row k of a goes with row k of b). Each set is
+    reduced to its first ``dim`` principal components, standardised (MI is invariant to invertible
+    linear maps of each set), and the joint 2 dim x 2 dim covariance S_ab is estimated, its diagonal
+    blocks being S_a and S_b. ``dim=None`` takes min(d_a, d_b, n // 4): at least four samples per
+    dimension of each set. ``shrinkage``: "ledoit-wolf" (scikit-learn's estimate, towards the
+    identity, which biases MI down: a conservative estimate), a fixed weight in [0, 1], or None
+    (sample covariance). Log-determinants by ``slogdet``.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    a = a.reshape(len(a), -1)
+    b = b.reshape(len(b), -1)
+    if len(a) != len(b):
+        raise ValueError(f"a and b must be paired (same number of rows), got {len(a)} and {len(b)}")
+    n = len(a)
+    if n < 8:
+        raise ValueError(f"need at least 8 paired samples for a Gaussian MI estimate, got {n}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("a or b contains NaN or Inf")
+    limit = min(a.shape[1], b.shape[1], n // 4)
+    if dim is None:
+        dim = limit
+    if not isinstance(dim, (int, np.integer)) or not 1 <= dim <= limit:
+        raise ValueError(f"dim must be an int in [1, {limit}] (<= each set's dimension and n // 4), got {dim!r}")
+    joint = np.hstack([_pca_standardised(a, int(dim)), _pca_standardised(b, int(dim))])
+    if shrinkage == "ledoit-wolf":
+        from sklearn.covariance import LedoitWolf
+
+        cov = LedoitWolf(assume_centered=False).fit(joint).covariance_
+    elif shrinkage is None or (isinstance(shrinkage, (int, float)) and 0 <= shrinkage <= 1):
+        cov = np.cov(joint, rowvar=False)
+        if shrinkage:
+            cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / len(cov) * np.eye(len(cov))
+    else:
+        raise ValueError(f"shrinkage must be 'ledoit-wolf', a number in [0, 1] or None, got {shrinkage!r}")
+    d = int(dim)
+    logdets = [np.linalg.slogdet(m) for m in (cov[:d, :d], cov[d:, d:], cov)]
+    if any(sign <= 0 for sign, _ in logdets):
+        raise ValueError("a covariance matrix is singular; lower dim or use shrinkage")
+    return float(0.5 * (logdets[0][1] + logdets[1][1] - logdets[2][1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# training with L_cls + lambda L_grad
+
+
+def _aligned_key(name, form, lam, seed, data_seed, image_size, n_train_per_class, n_analysis_per_class,
+                 epochs, batch_size, base_width) -> str:
+    return cache_key(
+        step="gradient-alignment", code_version=CODE_VERSION, training_version=training.CODE_VERSION,
+        name=name, form=form, lam=float(lam), seed=seed, data_seed=data_seed, image_size=image_size,
+        n_train_per_class=n_train_per_class, n_analysis_per_class=n_analysis_per_class, epochs=epochs,
+        batch_size=batch_size, base_width=base_width, recipe=training.RECIPE, mean=training.MEAN,
+        std=training.STD, benchmark=training.benchmark_fingerprint(data_seed, image_size),
+    )
+
+
+def train_aligned(name: str = "tiny-resnet18", *, form: str = "cosine", lam: float = 0.0, seed: int = 0,
+                  data_seed: int = 0, image_size: int = 32, n_train_per_class: int = 150,
+                  n_analysis_per_class: int = 50, epochs: int = 2, batch_size: int = 64,
+                  base_width: int = 16, device="auto", progress: bool = True) -> tuple[dict, dict]:
+    """Train a tiny ResNet on the benchmark with L_total = L_cls + lam * L_grad (seed 001).
+
+    The model builder, optimiser and schedule are ``training.py``'s (AdamW + one-cycle, label-smoothed
+    L_cls; ``training.RECIPE``). L_grad is :func:`gradient_alignment_loss` (``form``, mean over the
+    batch's same-class pairs) of the input gradients of the plain cross-entropy, built with
+    ``create_graph=True``; ``lam == 0`` skips the double backward, so training times compare.
+    ``seed`` sets initialisation and batch order; ``data_seed`` the benchmark images. Returns the
+    state dict (CPU) and metrics: analysis accuracy, training seconds, mean L_cls and L_grad of the
+    last epoch. Tensors stay in the contiguous memory format (training.py uses channels-last): with
+    torch 2.14 on CPU, one thread and channels-last, the double backward of a tiny ResNet of base
+    width 4 corrupted the heap ("double free or corruption"); contiguous tensors did not.
+    """
+    _check_choice("form", form, FORMS)
+    if name not in TINY_MODELS:
+        raise ValueError(f"unknown tiny ResNet {name!r}; choose one of {list(TINY_MODELS)}")
+    if not (isinstance(lam, (int, float)) and np.isfinite(lam) and lam >= 0):
+        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+    for field, value in (("image_size", image_size), ("n_train_per_class", n_train_per_class),
+                         ("n_analysis_per_class", n_analysis_per_class), ("epochs", epochs),
+                         ("batch_size", batch_size), ("base_width", base_width)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{field} must be an int >= 1, got {value!r}")
+    dev = get_device(device)
+    train = data.make_benchmark(n_per_class=n_train_per_class, split="train", seed=data_seed, image_size=image_size)
+    analysis = data.make_benchmark(n_per_class=n_analysis_per_class, split="analysis", seed=data_seed,
+                                   image_size=image_size)
+    recipe = training.RECIPE
+    generator = torch.Generator().manual_seed(seed)
+    batch = min(batch_size, len(train.labels))
+    steps = len(train.labels) // batch
+    with torch.random.fork_rng(devices=[]), cpu_threads():
+        torch.manual_seed(seed)
+        model = models.build_tiny_resnet(name, len(train.class_names), base_width)
+        model = model.to(dev)  # contiguous: see the docstring
+        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe["max_lr"], weight_decay=recipe["weight_decay"])
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe["max_lr"],
+                                                       total_steps=epochs * steps, pct_start=recipe["pct_start"])
+        model.train()
+        start = time.perf_counter()
+        for epoch in range(epochs):
+            order = torch.randperm(len(train.labels), generator=generator)
+            sums = torch.zeros(2)
+            for step in tqdm(range(steps), desc=f"{name} {form} lambda={lam:g} epoch {epoch + 1}/{epochs}",
+                             disable=not progress, leave=False):
+                idx = order[step * batch:(step + 1) * batch]
+                x = training._to_input(train.images[idx], dev).contiguous()
+                y = train.labels[idx].to(dev)
+                if lam > 0:
+                    grads, logits = input_gradients(model, x, y, create_graph=True)
+                    l_grad = gradient_alignment_loss(grads, y, form=form, reduction="mean")
+                else:
+                    logits, l_grad = model(x), torch.zeros((), device=dev)
+                l_cls = F.cross_entropy(logits, y, label_smoothing=recipe["label_smoothing"])
+                loss = l_cls + lam * l_grad
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                sums += torch.stack([l_cls.detach(), l_grad.detach()]).cpu()
+        seconds = time.perf_counter() - start
+        threads = torch.get_num_threads()
+        preds = training.evaluate(model, analysis.images, dev)
+    metrics = {
+        "analysis_accuracy": float((preds == analysis.labels).float().mean()),
+        "train_seconds": seconds,
+        "final_cls_loss": float(sums[0] / steps),
+        "final_grad_loss": float(sums[1] / steps),
+        "n_train": len(train.labels),
+        "threads": threads,
+        "class_names": list(train.class_names),
+    }
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    return state, metrics
+
+
+def aligned_model(name: str = "tiny-resnet18", *, form: str = "cosine", lam: float = 0.0, seed: int = 0,
+                  data_seed: int = 0, image_size: int = 32, n_train_per_class: int = 150,
+                  n_analysis_per_class: int = 50, epochs: int = 2, batch_size: int = 64,
+                  base_width: int = 16, device="auto", progress: bool = True) -> tuple[nn.Module, dict]:
+    """:func:`train_aligned`'s model, cached on disk, in eval mode with ``gradsim_info`` set.
+
+    The returned model works with ``extract.representations`` and ``extract.loss_input_gradients``
+    on uint8 benchmark images. Returns (model, metrics); the metrics' training seconds are those of
+    the run that filled the cache.
+    """
+    settings = dict(form=form, lam=lam, seed=seed, data_seed=data_seed, image_size=image_size,
+                    n_train_per_class=n_train_per_class, n_analysis_per_class=n_analysis_per_class,
+                    epochs=epochs, batch_size=batch_size, base_width=base_width)
+    dev = get_device(device)
+
+    def compute() -> dict:
+        state, metrics = train_aligned(name, device=dev, progress=progress, **settings)
+        return {"state_dict": state, "metrics": metrics}
+
+    key = _aligned_key(name, form, lam, seed, data_seed, image_size, n_train_per_class, n_analysis_per_class,
+                       epochs, batch_size, base_width)
+    entry = cached_torch("aligned", key, compute)
+    metrics = entry["metrics"]
+    model = models.build_tiny_resnet(name, len(metrics["class_names"]), base_width)
+    model.load_state_dict(entry["state_dict"])
+    model.gradsim_info = models.ModelInfo(
+        name, image_size, training.MEAN, training.STD, tuple(metrics["class_names"]),
+        weights=f"aligned {form} lambda={lam:g}", analysis_accuracy=float(metrics["analysis_accuracy"]),
+        train_seconds=float(metrics["train_seconds"]))
+    return model.to(dev).eval(), metrics
+
+
+def input_hessian_top_eigenvalue(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
+                                 iters: int = 10, seed: int = 0) -> torch.Tensor:
+    """Largest eigenvalue of each image's input Hessian d^2 L(f(x_i), y_i) / d x_i^2, by power iteration.
+
+    In eval mode the Hessian of the batch's summed loss is block diagonal (one block per image), so
+    one :func:`hvp` per iteration advances the power iteration of every image at once; each block
+    is normalised separately. For a ReLU network the block is J^T (diag(p) - p p^T) J (positive
+    semi-definite), so the iteration finds its largest eigenvalue. Returns (N,) Rayleigh quotients.
+    """
+    if not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"iters must be an int >= 1, got {iters!r}")
+    labels = torch.as_tensor(labels, device=x.device).long()
+    gen = torch.Generator().manual_seed(seed)
+    v = torch.randn(x.shape, generator=gen).to(x.device, x.dtype)
+
+    def unit(t: torch.Tensor) -> torch.Tensor:
+        return t / t.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *[1] * (t.ndim - 1))
+
+    def loss(z: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model(z), labels, reduction="sum")
+
+    v = unit(v)
+    for _ in range(iters):
+        hv = hvp(loss, x, v)
+        eig = (hv * v).flatten(1).sum(1)
+        v = unit(hv)
+    return eig.detach()
+
+
+def _mean_within_between(cos: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Mean cosine over unordered same-class pairs (classes weighted equally) and over different-class pairs."""
+    within = similarity.within_class_cosine_from_matrix(cos, labels)
+    i, j, same = similarity.unordered_pairs(labels)
+    return float(np.mean(list(within.values()))), float(cos[i[~same], j[~same]].mean())
+
+
+def _kmeans_ari(x: torch.Tensor, labels: torch.Tensor, seed: int) -> float:
+    """ARI of K-means (k = number of classes, 10 restarts) on L2-normalised rows against the labels."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    unit = F.normalize(x.flatten(1).double(), dim=1).numpy()
+    k = len(torch.unique(labels))
+    pred = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(unit)
+    return float(adjusted_rand_score(labels.numpy(), pred))
+
+
+def _pair_mi(x: torch.Tensor, labels: torch.Tensor, same: bool, dim: int, max_pairs: int, seed: int) -> float:
+    """Gaussian MI between the two members of random ordered pairs (i != j) of the same / different class."""
+    rng = np.random.default_rng(seed)
+    lab = labels.numpy()
+    i, j = np.nonzero((lab[:, None] == lab[None, :]) == same)
+    keep = i != j
+    i, j = i[keep], j[keep]
+    pick = rng.choice(len(i), size=min(max_pairs, len(i)), replace=False)
+    flat = x.flatten(1).double().numpy()
+    return gaussian_mutual_information(flat[i[pick]], flat[j[pick]], dim=dim)
+
+
+def alignment_measures(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, seed: int = 0,
+                       batch_size: int = 64, mi_pairs: int = 2000, device="auto") -> dict[str, float]:
+    """What the chapter reports for one trained model, on (analysis) ``images`` and true ``labels``.
+
+    accuracy; input-gradient cosine (seed 001's g = dL/dx) within class (mean over unordered pairs,
+    classes weighted equally) and between classes; mean ||g||; gradient-weight cosine within class
+    at ``layer4`` (a function of the predicted labels, DESIGN.md s. 7) with the predicted-label
+    agreement beside it, and at the last block's inner convolution (input-dependent); K-means ARI
+    of input gradients and of inner-conv gradient weights; Gaussian MI of same-class and
+    different-class pairs of input gradients, on dim = min(classes, N // 4) principal components;
+    the mean same-class ||g_i - g_j||^2 and its norm part mean(||g_i||^2 + ||g_j||^2).
+    """
+    from . import extract
+
+    labels = torch.as_tensor(labels).long()
+    grads = extract.loss_input_gradients(model, images, labels, batch_size=batch_size, device=device,
+                                         progress=False)
+    reps4 = extract.representations(model, images, layer="layer4", batch_size=batch_size, device=device,
+                                    keep_features=False, progress=False)
+    inner = extract.representations(model, images, layer=extract.last_block_inner_conv(model),
+                                    batch_size=batch_size, device=device, keep_features=False, progress=False)
+    g_within, g_between = _mean_within_between(similarity.cosine_matrix(grads), labels)
+    gw4_within, _ = _mean_within_between(similarity.cosine_matrix(reps4.grad_weights), labels)
+    inner_within, inner_between = _mean_within_between(similarity.cosine_matrix(inner.grad_weights), labels)
+    dim = max(1, min(len(torch.unique(labels)), len(labels) // 4))
+    flat = grads.flatten(1).double()
+    gram = flat @ flat.T
+    i, j, same = similarity.unordered_pairs(labels)
+    i, j = i[same], j[same]
+    norm_part = (gram[i, i] + gram[j, j]).mean()
+    return {
+        "accuracy": float((reps4.preds == labels).float().mean()),
+        "input_grad_within": g_within,
+        "input_grad_between": g_between,
+        "input_grad_norm": float(grads.flatten(1).norm(dim=1).mean()),
+        "gw_layer4_within": gw4_within,
+        "pred_agreement": similarity.within_class_agreement(reps4.preds, labels),
+        "gw_inner_within": inner_within,
+        "gw_inner_between": inner_between,
+        "ari_input_grad": _kmeans_ari(grads, labels, seed),
+        "ari_gw_inner": _kmeans_ari(inner.grad_weights, labels, seed),
+        "mi_same_class": _pair_mi(grads, labels, True, dim, mi_pairs, seed),
+        "mi_diff_class": _pair_mi(grads, labels, False, dim, mi_pairs, seed),
+        "mi_dim": dim,
+        "euclid_pair_mean": float(norm_part - 2 * gram[i, j].mean()),
+        "euclid_norm_part": float(norm_part),
+    }

@@ -1,0 +1,574 @@
+"""RSVC: representational similarity via interpretable visual concepts (seed 003, Kondapaneni et al.).
+
+Steps (reference settings from the public code nkondapa/RSVC, see METHODS.md):
+
+1. Patches: each image of a class is cut into square patches (64 px at stride 51 on 224 px, i.e. the
+   fractions 64/224 and 51/224 of the side), each resized to the model's input.
+2. Activations a in R^C at a layer, averaged over space (non-negative after a ReLU).
+3. Concepts of model 1: NMF A ~ U W (sklearn, ``init="nndsvd"``, 10 components), W (k x C) the
+   concepts. Coefficients of any activation on the fixed W by non-negative least squares,
+   u = argmin_{u >= 0} ||a - u W||^2 (scipy ``nnls``), never NMF's own U of another fit.
+4. Similarity of concept j of model 1 to model 2: z-scored activations of model 2 regressed on the
+   z-scored coefficients u_j of model 1 with a Lasso (alpha 0.1), cross-validated with folds split
+   by image (GroupKFold); Pearson r between held-out true and predicted u_j. Beside it the
+   self-prediction ceiling (model 1's own activations) and the max-correlation baseline
+   max_l r(u_j^(1), u_l^(2)) between the two models' own concepts.
+5. Importance of concept j: integrated gradients (captum, 30 steps, baseline 0) of the class logit
+   through the head in concept space, u -> fc(u W), averaged over the class's patches.
+
+Also: the pink-square known-difference pair (two tiny ResNets trained on benchmarks that differ
+only in where the magenta square is), grouped bootstrap intervals, and the layer-wise heatmap.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import data, extract, models, training
+from .cache import cache_key, cached_torch
+from .profiles import get_device, get_profile
+
+__all__ = [
+    "PATCH_FRACTION", "STRIDE_FRACTION", "Patches", "patch_positions", "extract_patches",
+    "patch_marker_coverage", "layer_activations", "Concepts", "fit_concepts", "nnls_coefficients",
+    "pearson_columns", "cross_validated_prediction", "group_bootstrap_pearson", "max_correlation",
+    "concept_attributions", "ClassComparison", "compare_class", "compare_both_directions", "concept_purity",
+    "layerwise_similarity", "marker_benchmarks", "marker_models", "train_on_benchmark", "StageTimer",
+]
+
+PATCH_FRACTION = 64 / 224   # reference: 64 px patches on 224 px images
+STRIDE_FRACTION = 51 / 224  # reference: stride 51 px
+CODE_VERSION = "rsvc-1"
+
+
+# ---------------------------------------------------------------------------------------------
+# patches and activations
+
+
+@dataclass
+class Patches:
+    """Square crops of images: pixels (P, 3, p, p) in the images' dtype, the index of the source
+    image of each patch (P,), and its box (x0, y0, x1, y1) in source pixels (x1, y1 exclusive)."""
+
+    images: torch.Tensor
+    image_index: torch.Tensor
+    boxes: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.image_index)
+
+
+def patch_positions(size: int, patch_size: int, stride: int) -> list[int]:
+    """Top-left offsets along one side: 0, stride, 2 stride, ... while the patch fits, as the
+    reference's unfold does (64 px at stride 51 on 224 px gives 0, 51, 102, 153: a 4 x 4 grid
+    that leaves the last few pixels uncovered)."""
+    if not 1 <= patch_size <= size:
+        raise ValueError(f"patch_size must lie in [1, {size}] (the image side), got {patch_size}")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    return list(range(0, size - patch_size + 1, stride))
+
+
+def extract_patches(images: torch.Tensor, patch_size: int | None = None,
+                    stride: int | None = None) -> Patches:
+    """Cut every image (N, 3, S, S) into a grid of patches; defaults follow the reference's
+    fractions of the side (64/224 and 51/224). Resizing to the model input happens later, in
+    ``models.prepare_inputs``."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] == 0 \
+            or images.shape[2] != images.shape[3]:
+        raise ValueError("images must be a non-empty N x 3 x S x S tensor, got "
+                         f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+    size = images.shape[-1]
+    patch_size = patch_size or max(2, round(PATCH_FRACTION * size))
+    stride = stride or max(1, round(STRIDE_FRACTION * size))
+    offsets = patch_positions(size, patch_size, stride)
+    grid = [(y, x) for y in offsets for x in offsets]
+    crops = torch.stack([images[:, :, y:y + patch_size, x:x + patch_size] for y, x in grid], dim=1)
+    n, g = images.shape[0], len(grid)
+    boxes = torch.tensor([(x, y, x + patch_size, y + patch_size) for y, x in grid], dtype=torch.long)
+    return Patches(images=crops.reshape(n * g, *crops.shape[2:]).contiguous(),
+                   image_index=torch.arange(n).repeat_interleave(g),
+                   boxes=boxes.repeat(n, 1))
+
+
+def patch_marker_coverage(patches: Patches, marker_masks: torch.Tensor) -> torch.Tensor:
+    """Fraction of its source image's marker pixels that each patch contains (0 without marker)."""
+    masks = marker_masks[patches.image_index]
+    total = masks.flatten(1).sum(1).float()
+    inside = torch.stack([m[y0:y1, x0:x1].sum() for m, (x0, y0, x1, y1) in zip(masks, patches.boxes.tolist())])
+    return torch.where(total > 0, inside.float() / total.clamp(min=1), torch.zeros_like(total))
+
+
+@torch.no_grad()
+def layer_activations(model: nn.Module, images: torch.Tensor, layers, batch_size: int = 128,
+                      device: str | torch.device = "auto", progress: bool = False) -> dict[str, torch.Tensor]:
+    """Spatial mean of each layer's output, {layer: (N, C) float32 CPU}, from one pass per batch.
+
+    ``images`` are uint8/float images for a model from ``models.load_model`` (resized and
+    normalised by ``models.prepare_inputs``). Hooks are ``extract.LayerTap`` (always removed).
+    """
+    layers = [layers] if isinstance(layers, str) else list(layers)
+    if not layers:
+        raise ValueError("layers must name at least one layer")
+    dev = get_device(device)
+    model.to(dev).eval()
+    memory_format = torch.channels_last if dev.type == "cpu" else torch.contiguous_format  # as extract.py
+    model.to(memory_format=memory_format)
+    out: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
+    from tqdm.auto import tqdm
+    with ExitStack() as stack:
+        taps = [stack.enter_context(extract.LayerTap(model, layer, start_graph=False)) for layer in layers]
+        for start in tqdm(range(0, len(images), batch_size), desc="activations", disable=not progress):
+            for tap in taps:
+                tap.reset()
+            model(models.prepare_inputs(model, images[start:start + batch_size]).contiguous(memory_format=memory_format))
+            for tap in taps:
+                out[tap.name].append(tap.features.mean(dim=(2, 3)).float().cpu())
+    return {layer: torch.cat(parts) for layer, parts in out.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# concepts
+
+
+@dataclass
+class Concepts:
+    """NMF of activations A (P x C) ~ U W: concepts W (k x C), NMF's coefficients U (P x k)."""
+
+    W: np.ndarray
+    U: np.ndarray
+    reconstruction_error: float
+
+
+def _nonnegative(acts, name: str) -> np.ndarray:
+    a = np.asarray(acts, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty P x C matrix, got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    if (a < 0).any():
+        raise ValueError(f"{name} has negative values (min {a.min():.3g}); NMF needs a layer after a "
+                         "ReLU (e.g. a ResNet stage output such as 'layer4')")
+    return a
+
+
+@contextmanager
+def _one_blas_thread():
+    """One BLAS/OpenMP thread for scikit-learn's small-matrix solvers: measured about 3x faster
+    than two threads for NMF of 1250 x 512 activations on a shared 2-core machine."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
+def fit_concepts(acts, n_concepts: int = 10, seed: int = 0, max_iter: int = 200) -> Concepts:
+    """NMF A ~ U W with sklearn (``init="nndsvd"``, ``random_state=seed``, coordinate descent with
+    scikit-learn's default 200 iterations), as the reference does."""
+    from sklearn.decomposition import NMF
+
+    a = _nonnegative(acts, "acts")
+    if not isinstance(n_concepts, int) or not 1 <= n_concepts <= min(a.shape):
+        raise ValueError(f"n_concepts must be an int in [1, {min(a.shape)}] (min of patches and "
+                         f"channels), got {n_concepts!r}")
+    nmf = NMF(n_components=n_concepts, init="nndsvd", random_state=seed, max_iter=max_iter)
+    with _one_blas_thread():
+        U = nmf.fit_transform(a)
+    return Concepts(W=nmf.components_, U=U, reconstruction_error=float(nmf.reconstruction_err_))
+
+
+def nnls_coefficients(acts, W) -> np.ndarray:
+    """u_i = argmin_{u >= 0} ||a_i - u W||_2 for every row a_i of ``acts`` (scipy ``nnls``)."""
+    from scipy.optimize import nnls
+
+    a = _nonnegative(acts, "acts")
+    W = np.asarray(W, dtype=np.float64)
+    if W.ndim != 2 or W.shape[1] != a.shape[1]:
+        raise ValueError(f"W must be k x {a.shape[1]} (concepts x channels), got shape {W.shape}")
+    basis = W.T
+    return np.stack([nnls(basis, row)[0] for row in a])
+
+
+# ---------------------------------------------------------------------------------------------
+# similarity
+
+
+def pearson_columns(a, b) -> np.ndarray:
+    """Pearson r of matching columns of a and b (P x k). A constant column gives r = 0 (no linear
+    relation can be read from it), never NaN."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"a and b must be P x k matrices of the same shape, got {a.shape} and {b.shape}")
+    a, b = a - a.mean(0), b - b.mean(0)
+    denom = np.sqrt((a * a).sum(0) * (b * b).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (a * b).sum(0) / denom
+    return np.where(denom > 1e-12 * max(1.0, denom.max(initial=0.0)), r, 0.0)
+
+
+def _check_groups(groups, n: int, n_folds: int) -> np.ndarray:
+    groups = np.asarray(groups)
+    if groups.shape != (n,):
+        raise ValueError(f"groups must give one image id per row ({n}), got shape {groups.shape}")
+    n_groups = len(np.unique(groups))
+    if n_folds < 2 or n_folds > n_groups:
+        raise ValueError(f"n_folds must lie in [2, {n_groups}] (the number of images), got {n_folds}")
+    return groups
+
+
+def cross_validated_prediction(X, Y, groups, n_folds: int = 5, alpha: float = 0.1,
+                               max_iter: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out Lasso predictions of Y (P x k) from X (P x C), folds split by image (GroupKFold).
+
+    In each fold X and Y are z-scored with the training rows' mean and standard deviation, a
+    Lasso(alpha) is fit per column of Y, and the held-out rows are predicted. Returns the
+    z-scored true Y and the predictions (both P x k, in held-out order restored to the input's).
+    """
+    from sklearn.linear_model import Lasso
+    from sklearn.model_selection import GroupKFold
+    from sklearn.preprocessing import StandardScaler
+
+    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
+    if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
+        raise ValueError(f"X and Y must be matrices with the same rows, got {X.shape} and {Y.shape}")
+    if alpha <= 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    groups = _check_groups(groups, X.shape[0], n_folds)
+    true, pred = np.zeros_like(Y), np.zeros_like(Y)
+    for train, test in GroupKFold(n_splits=n_folds).split(X, groups=groups):
+        xs, ys = StandardScaler().fit(X[train]), StandardScaler().fit(Y[train])
+        lasso = Lasso(alpha=alpha, max_iter=max_iter, precompute=True)
+        with _one_blas_thread():
+            lasso.fit(xs.transform(X[train]), ys.transform(Y[train]))
+        true[test] = ys.transform(Y[test])
+        pred[test] = lasso.predict(xs.transform(X[test])).reshape(len(test), -1)
+    return true, pred
+
+
+def group_bootstrap_pearson(y, yhat, groups, n_resamples: int = 1000, level: float = 0.95,
+                            seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-column Pearson r of y and yhat (P x k) with a percentile bootstrap interval that
+    resamples whole images (``groups``), so the patches of one image stay together. Vectorised:
+    each resample is a vector of per-patch weights (how often its image was drawn)."""
+    y, yhat = np.asarray(y, np.float64), np.asarray(yhat, np.float64)
+    value = pearson_columns(y, yhat)
+    _, g = np.unique(np.asarray(groups), return_inverse=True)
+    n_groups = g.max() + 1
+    if n_groups < 2:
+        raise ValueError("a bootstrap over images needs at least two images")
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n_groups, np.full(n_groups, 1 / n_groups), size=n_resamples)
+    w = counts[:, g].astype(np.float64)                      # (B, P)
+    total = w.sum(1, keepdims=True)
+    my, mh = w @ y / total, w @ yhat / total
+    cov = w @ (y * yhat) / total - my * mh
+    vy = np.clip(w @ (y * y) / total - my ** 2, 0, None)
+    vh = np.clip(w @ (yhat * yhat) / total - mh ** 2, 0, None)
+    denom = np.sqrt(vy * vh)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(denom > 1e-12, cov / denom, 0.0)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(r, [tail, 100 - tail], axis=0)
+    return value, low, high
+
+
+def max_correlation(U1, U2) -> np.ndarray:
+    """Baseline: for each concept j of model 1, max_l Pearson(U1[:, j], U2[:, l]) (constant
+    columns count as r = 0)."""
+    U1, U2 = np.asarray(U1, np.float64), np.asarray(U2, np.float64)
+    if U1.ndim != 2 or U2.ndim != 2 or U1.shape[0] != U2.shape[0]:
+        raise ValueError(f"U1 and U2 must have the same rows, got {U1.shape} and {U2.shape}")
+    a = U1 - U1.mean(0)
+    b = U2 - U2.mean(0)
+    na, nb = np.linalg.norm(a, axis=0), np.linalg.norm(b, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (a.T @ b) / np.outer(na, nb)
+    r = np.where(np.outer(na, nb) > 1e-12, r, 0.0)
+    return r.max(axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# importance
+
+
+class _ConceptHead(nn.Module):
+    """u (N x k) -> head(u W): the classifier head read in concept space."""
+
+    def __init__(self, W: torch.Tensor, head: nn.Module):
+        super().__init__()
+        self.register_buffer("W", W)
+        self.head = head
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.head(u @ self.W)
+
+
+def concept_attributions(U, W, head: nn.Module, target: int, n_steps: int = 30) -> np.ndarray:
+    """Integrated gradients (captum, baseline u = 0) of logit ``target`` of u -> head(u W), per
+    patch and concept (P x k). Completeness: each row sums to head(u W)_t - head(0)_t."""
+    from captum.attr import IntegratedGradients
+
+    U = torch.as_tensor(np.asarray(U), dtype=torch.float32)
+    W = torch.as_tensor(np.asarray(W), dtype=torch.float32)
+    if U.ndim != 2 or W.ndim != 2 or U.shape[1] != W.shape[0]:
+        raise ValueError(f"U (P x k) and W (k x C) must agree in k, got {tuple(U.shape)} and {tuple(W.shape)}")
+    device = next(head.parameters()).device
+    f = _ConceptHead(W.to(device), head).eval()
+    with torch.enable_grad():
+        attr = IntegratedGradients(f).attribute(U.to(device), baselines=0.0, target=int(target),
+                                                n_steps=n_steps)
+    return attr.detach().cpu().double().numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# one class, two models
+
+
+@dataclass
+class ClassComparison:
+    """RSVC of one class in one direction (model 1's concepts predicted from model 2).
+
+    similarity / ci_low / ci_high: held-out Pearson r per concept of model 1 with its grouped
+    bootstrap interval; ceiling: model 1 predicting its own concepts; max_corr: the baseline;
+    importance: mean IG attribution of each concept to the class logit (None without a head);
+    coefficients: NNLS coefficients of model 1's patches (P x k); concepts: the NMF.
+    """
+
+    similarity: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    ceiling: np.ndarray
+    max_corr: np.ndarray
+    importance: np.ndarray | None
+    coefficients: np.ndarray
+    concepts: Concepts
+    predicted: np.ndarray
+    standardized: np.ndarray
+
+
+def compare_class(acts1, acts2, groups, n_concepts: int = 10, n_folds: int = 5, alpha: float = 0.1,
+                  head: nn.Module | None = None, target: int | None = None, ig_steps: int = 30,
+                  n_resamples: int = 1000, seed: int = 0, coefficients2=None,
+                  concepts: Concepts | None = None) -> ClassComparison:
+    """RSVC for one class: concepts of model 1 from ``acts1`` (P x C1), predicted from ``acts2``
+    (P x C2, the same patches); ``groups`` the image of each patch. ``head``/``target`` add the
+    IG importance. ``coefficients2``: model 2's own NNLS coefficients for the max-correlation
+    baseline (computed here from an NMF of acts2 if None); ``concepts``: model 1's NMF, if already
+    fitted on ``acts1``."""
+    a1, a2 = _nonnegative(acts1, "acts1"), np.asarray(acts2, np.float64)
+    if a2.shape[0] != a1.shape[0]:
+        raise ValueError(f"acts1 and acts2 must describe the same patches, got {a1.shape[0]} and {a2.shape[0]} rows")
+    n_folds = min(n_folds, len(np.unique(np.asarray(groups))))
+    concepts = concepts if concepts is not None else fit_concepts(a1, n_concepts, seed)
+    U = nnls_coefficients(a1, concepts.W)
+    true, pred = cross_validated_prediction(a2, U, groups, n_folds, alpha)
+    value, low, high = group_bootstrap_pearson(true, pred, groups, n_resamples, seed=seed)
+    t_self, p_self = cross_validated_prediction(a1, U, groups, n_folds, alpha)
+    if coefficients2 is None:
+        coefficients2 = nnls_coefficients(a2, fit_concepts(a2, n_concepts, seed).W)
+    importance = None
+    if head is not None:
+        if target is None:
+            raise ValueError("target (the class index) is required with head")
+        importance = concept_attributions(U, concepts.W, head, target, ig_steps).mean(0)
+    return ClassComparison(similarity=value, ci_low=low, ci_high=high,
+                           ceiling=pearson_columns(t_self, p_self),
+                           max_corr=max_correlation(U, coefficients2), importance=importance,
+                           coefficients=U, concepts=concepts, predicted=pred, standardized=true)
+
+
+def compare_both_directions(acts1, acts2, groups, n_concepts: int = 10, head1: nn.Module | None = None,
+                            head2: nn.Module | None = None, target: int | None = None,
+                            **kwargs) -> tuple[ClassComparison, ClassComparison]:
+    """:func:`compare_class` for 1 -> 2 (model 1's concepts predicted from model 2) and 2 -> 1, with
+    one NMF per model (each model's concepts also give the other direction's max-corr baseline)."""
+    seed = kwargs.get("seed", 0)
+    c1 = fit_concepts(_nonnegative(acts1, "acts1"), n_concepts, seed)
+    c2 = fit_concepts(_nonnegative(acts2, "acts2"), n_concepts, seed)
+    u2 = nnls_coefficients(acts2, c2.W)
+    one = compare_class(acts1, acts2, groups, n_concepts, head=head1, target=target, coefficients2=u2,
+                        concepts=c1, **kwargs)
+    two = compare_class(acts2, acts1, groups, n_concepts, head=head2, target=target,
+                        coefficients2=one.coefficients, concepts=c2, **kwargs)
+    return one, two
+
+
+def concept_purity(coefficients, coverage, top: int = 20, threshold: float = 0.5) -> np.ndarray:
+    """Per concept, the share of its ``top`` patches (largest coefficients) that contain the
+    marker: at least ``threshold`` of the source image's marker pixels lie inside the patch."""
+    U = np.asarray(coefficients)
+    cov = np.asarray(coverage)
+    top = min(top, U.shape[0])
+    order = np.argsort(-U, axis=0, kind="stable")[:top]
+    return (cov[order] >= threshold).mean(axis=0)
+
+
+def layerwise_similarity(acts1: dict, acts2: dict, n_concepts: int = 10, seed: int = 0) -> np.ndarray:
+    """Layer x layer matrix from {layer: [per-class activations (P_c x C)]} of two models on the
+    same patches: per class, NMF concepts of each layer of each model (NNLS coefficients); for a
+    layer pair, the mean over model 1's concepts of the max Pearson over model 2's, and the reverse,
+    averaged; then averaged over classes (the reference's layer-wise measure)."""
+    def coefficients(acts: dict) -> dict:
+        return {layer: [nnls_coefficients(a, fit_concepts(a, n_concepts, seed).W) for a in per_class]
+                for layer, per_class in acts.items()}
+
+    c1, c2 = coefficients(acts1), coefficients(acts2)
+    if {len(v) for v in c1.values()} != {len(v) for v in c2.values()}:
+        raise ValueError("acts1 and acts2 must hold the same classes for every layer")
+    out = np.zeros((len(c1), len(c2)))
+    for i, l1 in enumerate(c1):
+        for j, l2 in enumerate(c2):
+            out[i, j] = np.mean([(max_correlation(u1, u2).mean() + max_correlation(u2, u1).mean()) / 2
+                                 for u1, u2 in zip(c1[l1], c2[l2])])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the known-difference pair (pink square)
+
+
+def _marker_train_set(mode: str, marker_class: int, marker_rate: float, n_per_class: int,
+                      image_size: int, seed: int) -> data.Benchmark:
+    """Training set of model A (``mode="class"``) or B (``"random"``); see :func:`marker_benchmarks`."""
+    kw = dict(marker_class=marker_class) if mode == "class" else {}
+    return data.make_benchmark(n_per_class, "train", seed=seed, image_size=image_size,
+                               marker_rate=marker_rate, marker_mode=mode, **kw)
+
+
+def marker_benchmarks(marker_class: int, marker_rate: float, n_train_per_class: int,
+                      n_analysis_per_class: int, image_size: int = 32, seed: int = 0,
+                      include_train: bool = True):
+    """Training sets of models A and B and the shared analysis sets.
+
+    A: the magenta square on ``marker_rate`` of ``marker_class``'s training images only. B: the
+    square on ``marker_rate`` of every class's images (no class information). The benchmark draws
+    which images get a square and where from streams keyed by the image, so B's images of
+    ``marker_class`` are pixel-identical to A's (the square pasted once per image); B only adds
+    squares to the other classes. Analysis: the same pixels for both models, with squares on
+    ``marker_rate`` of ``marker_class``'s images, plus a copy with squares on every image (to
+    measure each model's reliance on the shortcut). Returns (train_a, train_b, analysis,
+    all_marked); the first two are None when ``include_train`` is False.
+    """
+    kw = dict(seed=seed, image_size=image_size)
+    train = [_marker_train_set(mode, marker_class, marker_rate, n_train_per_class, image_size, seed)
+             for mode in ("class", "random")] if include_train else [None, None]
+    analysis = data.make_benchmark(n_analysis_per_class, "analysis", marker_class=marker_class,
+                                   marker_rate=marker_rate, marker_mode="class", **kw)
+    all_marked = data.make_benchmark(n_analysis_per_class, "analysis", marker_rate=1.0,
+                                     marker_mode="random", **kw)
+    return train[0], train[1], analysis, all_marked
+
+
+def _fingerprint(*tensors: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(t.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _check_schedule(name: str, epochs, batch_size, base_width) -> None:
+    if name not in models.TINY_MODELS:
+        raise ValueError(f"name must be a tiny ResNet {list(models.TINY_MODELS)}, got {name!r}")
+    for arg, value in (("epochs", epochs), ("batch_size", batch_size), ("base_width", base_width)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{arg} must be an integer >= 1, got {value!r}")
+
+
+def _cached_training(key: str, name: str, make_train, evaluation: data.Benchmark, epochs: int,
+                     batch_size: int, base_width: int, seed: int, dev: torch.device,
+                     progress: bool) -> nn.Module:
+    """Load the model cached under ``key`` or train it on ``make_train()`` with training.py's recipe
+    (``training.fit``); return it in eval mode with ``gradsim_info`` (accuracy on ``evaluation``)."""
+    n_classes = len(evaluation.class_names)
+
+    def fit() -> dict:
+        train = make_train()
+        schedule = replace(get_profile("quick"), name="rsvc-benchmark", epochs=epochs, batch_size=batch_size)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]), training.cpu_threads():
+            torch.manual_seed(seed)
+            net = models.build_tiny_resnet(name, n_classes, base_width).to(dev, memory_format=torch.channels_last)
+            seconds, _, _ = training.fit(net, train.images, train.labels, schedule, generator, dev,
+                                          desc=name if progress else None)
+            preds = training.evaluate(net, evaluation.images, dev)
+        return {"state_dict": {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
+                "accuracy": float((preds == evaluation.labels).float().mean()), "train_seconds": seconds}
+
+    entry = cached_torch("models", key, fit)
+    net = models.build_tiny_resnet(name, n_classes, base_width)
+    net.load_state_dict(entry["state_dict"])
+    net = net.to(dev).eval()
+    net.gradsim_info = models.ModelInfo(name, evaluation.images.shape[-1], training.MEAN, training.STD,
+                                        tuple(evaluation.class_names), weights="trained",
+                                        analysis_accuracy=float(entry["accuracy"]),
+                                        train_seconds=float(entry["train_seconds"]))
+    return net
+
+
+def _schedule_key(name, epochs, batch_size, base_width, seed) -> dict:
+    return dict(code_version=CODE_VERSION, training_version=training.CODE_VERSION, recipe=training.RECIPE,
+                name=name, epochs=epochs, batch_size=batch_size, base_width=base_width, seed=seed,
+                mean=training.MEAN, std=training.STD)
+
+
+def train_on_benchmark(name: str, train: data.Benchmark, evaluation: data.Benchmark, epochs: int = 3,
+                       batch_size: int = 64, base_width: int = 16, seed: int = 0,
+                       device: str | torch.device = "auto", progress: bool = True) -> nn.Module:
+    """A tiny ResNet trained on a given Benchmark with training.py's recipe, cached under a hash of
+    the training and evaluation pixels and labels and the settings."""
+    _check_schedule(name, epochs, batch_size, base_width)
+    key = cache_key(step="rsvc-benchmark-model", **_schedule_key(name, epochs, batch_size, base_width, seed),
+                    train=_fingerprint(train.images, train.labels),
+                    evaluation=_fingerprint(evaluation.images, evaluation.labels))
+    return _cached_training(key, name, lambda: train, evaluation, epochs, batch_size, base_width, seed,
+                            get_device(device), progress)
+
+
+def marker_models(name: str, marker_class: int, marker_rate: float, n_train_per_class: int,
+                  analysis: data.Benchmark, epochs: int = 3, batch_size: int = 64, base_width: int = 16,
+                  seed: int = 0, device: str | torch.device = "auto",
+                  progress: bool = True) -> tuple[nn.Module, nn.Module]:
+    """Models A and B of the known-difference test (training sets of :func:`marker_benchmarks`),
+    cached under the settings and a fingerprint of the renderer (a few images with and without the
+    square), so a warm run renders no training image."""
+    _check_schedule(name, epochs, batch_size, base_width)
+    size = analysis.images.shape[-1]
+    probe = data.make_benchmark(1, "train", seed=seed, image_size=size, marker_class=marker_class,
+                                marker_rate=1.0)
+    renderer = _fingerprint(probe.images, probe.marker_masks) + training.benchmark_fingerprint(seed, size)
+    out = []
+    for mode in ("class", "random"):
+        key = cache_key(step="rsvc-marker-model", **_schedule_key(name, epochs, batch_size, base_width, seed),
+                        mode=mode, marker_class=marker_class, marker_rate=marker_rate,
+                        n_train_per_class=n_train_per_class, image_size=size, renderer=renderer,
+                        evaluation=_fingerprint(analysis.images, analysis.labels))
+        make = (lambda m=mode: _marker_train_set(m, marker_class, marker_rate, n_train_per_class, size, seed))
+        out.append(_cached_training(key, name, make, analysis, epochs, batch_size, base_width, seed,
+                                    get_device(device), progress))
+    return out[0], out[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# timing
+
+
+class StageTimer:
+    """Wall time of named stages: ``with timer("stage"): ...``; ``timer.seconds`` keeps them."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+            print(f"[time] {stage}: {self.seconds[stage]:.1f} s")

@@ -1,0 +1,108 @@
+"""Metric-learning models of the SFAM chapter: episodes, scores, training, caching, CUB folders."""
+import pytest
+import torch
+
+from gradsim_utils import data, metric_learning as ml, sfam
+
+
+def _labels(n_classes=6, per_class=5):
+    return torch.arange(n_classes).repeat_interleave(per_class)[torch.randperm(n_classes * per_class,
+                                                                              generator=torch.Generator().manual_seed(0))]
+
+
+def test_sample_episodes_shapes_and_classes():
+    labels = _labels()
+    support, query, classes = ml.sample_episodes(labels, 50, 4, 2, 3, torch.Generator().manual_seed(1))
+    assert support.shape == (50, 4, 2) and query.shape == (50, 4, 3) and classes.shape == (50, 4)
+    assert all(len(set(c.tolist())) == 4 for c in classes)                       # distinct classes
+    assert torch.equal(labels[support], classes[..., None].expand(-1, -1, 2))   # right class
+    assert torch.equal(labels[query], classes[..., None].expand(-1, -1, 3))
+    both = torch.cat([support.flatten(1), query.flatten(1)], 1)
+    assert all(len(set(row.tolist())) == row.numel() for row in both)           # no image twice
+    assert len({tuple(c.tolist()) for c in classes}) > 5                         # episodes differ
+
+
+def test_sample_episodes_rejects_small_classes():
+    with pytest.raises(ValueError, match="needs n_shot \\+ n_query = 6"):
+        ml.sample_episodes(_labels(per_class=5), 3, 2, 5, 1, torch.Generator())
+    with pytest.raises(ValueError, match="n_way=7"):
+        ml.sample_episodes(_labels(), 3, 7, 1, 1, torch.Generator())
+
+
+def test_episode_scores_and_accuracy():
+    q, p = torch.tensor([[[1.0, 0.0], [0.0, 3.0]]]), torch.tensor([[[2.0, 0.0], [0.0, 1.0]]])
+    assert torch.allclose(ml.episode_scores(q, p, "euclidean"), -torch.tensor([[[1.0, 2.0], [13.0, 4.0]]]))
+    assert torch.allclose(ml.episode_scores(q, p, "cosine"), torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]))
+    # a query near a small prototype but in its direction: the two metrics disagree
+    emb = torch.tensor([[1.0, 0.0], [10.0, 1.0], [8.0, 0.0], [9.0, 1.2]])
+    support, query = torch.tensor([[[0], [1]]]), torch.tensor([[[2], [3]]])
+    acc_e, _ = ml.episode_accuracy(emb, support, query, "euclidean")
+    acc_c, _ = ml.episode_accuracy(emb, support, query, "cosine")
+    assert acc_e.item() == 0.5 and acc_c.item() == 1.0
+
+
+def test_metric_model_has_no_head_and_pools_its_feature_maps():
+    cfg = ml.config_for_profile("smoke")
+    model = ml.build_metric_model("cosine", cfg)
+    assert not any("fc" in name for name, _ in model.named_parameters())
+    images = data.make_benchmark(n_per_class=1, image_size=cfg.image_size).images[:3]
+    maps = model.features(images)
+    assert maps.shape == (3, 8 * cfg.base_width, cfg.image_size // 8, cfg.image_size // 8)
+    with torch.no_grad():
+        assert torch.allclose(model(model.prepare(images)), sfam.pool(maps), atol=1e-5)
+    assert len(sfam.randomisation_stages(model)) == 9
+
+
+def test_training_changes_weights_and_is_cached():
+    cfg = ml.config_for_profile("smoke", train_steps=2, image_size=16, n_train_per_class=4, train_way=3,
+                                train_shot=1, train_query=1)
+    bench = data.make_benchmark(n_per_class=4, split="train", image_size=16)
+    calls = []
+
+    def train_data():
+        calls.append(1)
+        return bench.images, bench.labels
+
+    before = ml.build_metric_model("cosine", cfg).state_dict()
+    model, info = ml.load_metric_model("cosine", cfg, train_data, "test-data", progress=False)
+    assert not info["cached"] and info["steps"] == 2
+    assert not torch.equal(model.state_dict()["trunk.conv1.weight"].cpu(), before["trunk.conv1.weight"])
+    assert model.log_scale.item() != pytest.approx(before["log_scale"].item())   # learnt temperature
+    again, info2 = ml.load_metric_model("cosine", cfg, train_data, "test-data", progress=False)
+    assert info2["cached"] and len(calls) == 1
+    assert torch.equal(again.state_dict()["trunk.conv1.weight"], model.state_dict()["trunk.conv1.weight"])
+
+
+def test_cub_folder_round_trip(tmp_path):
+    bench = data.make_benchmark(n_per_class=2, image_size=40, classes="all")
+    ml.write_cub_folder(tmp_path, bench.images, bench.labels, bench.boxes, bench.class_names)
+    novel = ml.load_cub(tmp_path, image_size=80, split="novel")
+    kept = [i for i in range(len(bench.class_names)) if i % 4 == 3]              # Chen et al. split
+    assert novel.class_names == [f"{i + 1:03d}.{bench.class_names[i]}" for i in kept]
+    assert len(novel) == 2 * len(kept) and novel.images.shape[-2:] == (80, 80)
+    first = (bench.labels == kept[0]).nonzero()[0, 0]
+    assert torch.allclose(novel.boxes[0], bench.boxes[first].float() * 2, atol=0.11)   # boxes scale with the image
+    base = ml.load_cub(tmp_path, image_size=40, split="base")
+    assert len(base.class_names) == (len(bench.class_names) + 1) // 2
+
+
+def test_load_cub_missing_folder_names_the_parameter(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cub_root"):
+        ml.load_cub(tmp_path / "nowhere", image_size=32)
+
+
+def test_sanity_cascade_matches_randomise_at_once():
+    cfg = ml.config_for_profile("smoke", image_size=16)
+    model = ml.build_metric_model("euclidean", cfg).eval()
+    images = data.make_benchmark(n_per_class=1, image_size=16).images[:4]
+    query, support = torch.tensor([0, 1]), torch.tensor([[2], [3]])
+    records = sfam.sanity_cascade(model, images, query, support, "euclidean", ("sfam",), 16, seed=3, n_stages=2)
+    stages = sorted({r["stage"] for r in records})
+    assert stages == [0, 1, 9]                                   # trained, top block, everything
+    assert all(r["spearman"] == pytest.approx(1.0) for r in records if r["stage"] == 0)
+    feats = lambda m: m.features(images)
+    reference = sfam.pair_maps(feats(model), query, support, "euclidean", ("sfam",), 16)["sfam"]
+    at_once = sfam.pair_maps(feats(sfam.randomise(model, 9, seed=3)), query, support, "euclidean", ("sfam",), 16)["sfam"]
+    expected = sfam.rank_correlation(reference, at_once)
+    got = [r["spearman"] for r in records if r["stage"] == 9]
+    assert got == pytest.approx(expected.tolist())

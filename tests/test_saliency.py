@@ -1,0 +1,272 @@
+"""Saliency metrics on hand-worked maps and oracles; Grad-CAM maps against pytorch-grad-cam."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+
+from gradsim_utils import saliency, similarity
+from gradsim_utils.models import build_tiny_resnet
+
+EPS = saliency.KLD_EPS
+
+
+def t(x):
+    return torch.tensor(x, dtype=torch.float64)
+
+
+# --- CC -----------------------------------------------------------------------------------
+
+def test_cc_hand_worked():
+    a = t([[1, 2], [3, 4]])
+    assert float(saliency.cc(a, t([[4, 3], [2, 1]]))) == pytest.approx(-1.0)
+    assert float(saliency.cc(a, 2 * a + 5)) == pytest.approx(1.0)
+    # centred [.75, -.25, -.25, -.25] and [-.25, .75, -.25, -.25]: r = -0.25 / 0.75 = -1/3
+    assert float(saliency.cc(t([[1, 0], [0, 0]]), t([[0, 1], [0, 0]]))) == pytest.approx(-1 / 3)
+
+
+def test_cc_matches_scipy_pearson_on_a_stack():
+    rng = np.random.default_rng(0)
+    a, b = rng.random((5, 7, 6)), rng.random((5, 7, 6))
+    ours = saliency.cc(a, b).numpy()
+    oracle = [stats.pearsonr(x.ravel(), y.ravel())[0] for x, y in zip(a, b)]
+    np.testing.assert_allclose(ours, oracle, atol=1e-12)
+
+
+def test_cc_constant_and_zero_maps_are_zero_not_nan():
+    a = t([[1, 2], [3, 4]])
+    assert float(saliency.cc(a, torch.full((2, 2), 3.0))) == 0.0
+    assert float(saliency.cc(torch.zeros(2, 2), torch.zeros(2, 2))) == 0.0
+
+
+# --- SIM ----------------------------------------------------------------------------------
+
+def test_sim_hand_worked():
+    # [.5, .5, 0, 0] vs [.5, 0, .5, 0]: the minima sum to .5
+    assert float(saliency.sim(t([[1, 1], [0, 0]]), t([[1, 0], [1, 0]]))) == pytest.approx(0.5)
+    assert float(saliency.sim(t([[1, 0], [0, 0]]), t([[0, 0], [0, 3]]))) == 0.0
+    a = t([[1, 2], [3, 4]])
+    assert float(saliency.sim(a, 10 * a)) == pytest.approx(1.0)  # scale-free
+
+
+def test_sim_and_kld_zero_map_is_uniform():
+    zero, flat = torch.zeros(3, 3), torch.ones(3, 3)
+    assert float(saliency.sim(zero, flat)) == pytest.approx(1.0)
+    assert float(saliency.kld(zero, flat)) == pytest.approx(0.0, abs=1e-12)
+    peak = torch.zeros(3, 3)
+    peak[1, 1] = 1.0
+    assert float(saliency.sim(zero, peak)) == pytest.approx(1 / 9)
+
+
+def test_sim_kld_reject_negative_and_nan():
+    with pytest.raises(ValueError, match="non-negative"):
+        saliency.sim(t([[1, -1], [0, 0]]), t([[1, 1], [1, 1]]))
+    with pytest.raises(ValueError, match="q must be non-negative"):
+        saliency.kld(t([[1, 1], [1, 1]]), t([[1, -1], [0, 0]]))
+    with pytest.raises(ValueError, match="NaN"):
+        saliency.cc(t([[1, float("nan")], [0, 0]]), t([[1, 1], [1, 1]]))
+    with pytest.raises(ValueError, match="do not pair up"):
+        saliency.cc(torch.zeros(2, 2), torch.zeros(3, 3))
+
+
+# --- KLD ----------------------------------------------------------------------------------
+
+def test_kld_hand_worked_both_directions():
+    uniform, peak = t([[1, 1], [1, 1]]), t([[1, 0], [0, 0]])
+    # reference = peak, scored = uniform: 1 * log(eps + 1 / (0.25 + eps)) ~ log 4
+    assert float(saliency.kld(uniform, peak)) == pytest.approx(math.log(EPS + 1 / (0.25 + EPS)))
+    # reference = uniform, scored = peak: three zeros of the scored map cost .25 log(.25 / eps) each
+    expected = 0.25 * math.log(EPS + 0.25 / (1 + EPS)) + 3 * 0.25 * math.log(EPS + 0.25 / EPS)
+    assert float(saliency.kld(peak, uniform)) == pytest.approx(expected)
+    assert expected > 20  # exact zeros dominate this direction
+
+
+def test_kld_matches_scipy_entropy_for_positive_maps():
+    rng = np.random.default_rng(1)
+    p, q = rng.random((4, 5, 5)) + 0.1, rng.random((4, 5, 5)) + 0.1
+    oracle = [stats.entropy(b.ravel(), a.ravel()) for a, b in zip(p, q)]  # KL(q || p)
+    np.testing.assert_allclose(saliency.kld(p, q).numpy(), oracle, rtol=1e-9)
+
+
+def test_identical_maps():
+    a = t([[0, 1, 2], [3, 0, 5]])
+    assert float(saliency.cc(a, a)) == pytest.approx(1.0)
+    assert float(saliency.sim(a, a)) == pytest.approx(1.0)
+    assert abs(float(saliency.kld(a, a))) < 1e-12
+    assert float(saliency.auc(a, a)) == 1.0  # top 20 % = the pixel 5 (and ties): ranked first
+
+
+# --- AUC ----------------------------------------------------------------------------------
+
+def test_auc_hand_worked():
+    s = t([[4, 3], [2, 1]])
+    assert float(saliency.auc(s, torch.tensor([[True, False], [False, False]]))) == 1.0
+    assert float(saliency.auc(s, torch.tensor([[False, False], [False, True]]))) == 0.0
+    # positives score 1 and 0, negatives 1 and 0: (0.5 + 1 + 0 + 0.5) / 4
+    ties = t([[1, 1], [0, 0]])
+    assert float(saliency.auc(ties, torch.tensor([[True, False], [True, False]]))) == 0.5
+    # a real reference: top 25 % of [[4, 3], [2, 1]] is the pixel 4; s ranks it last
+    assert float(saliency.auc(t([[0, 1], [2, 3]]), s, top=0.25)) == 0.0
+
+
+def test_binarise_top_includes_ties_and_constant_reference_gives_half():
+    ref = t([[5, 5], [1, 0]])
+    assert saliency.binarise_top(ref, 0.25).tolist() == [[True, True], [False, False]]
+    assert float(saliency.auc(t([[4, 3], [2, 1]]), torch.full((2, 2), 7.0))) == 0.5
+    assert float(saliency.auc(torch.zeros(2, 2), t([[1, 0], [0, 0]]))) == 0.5  # constant scored map
+    with pytest.raises(ValueError, match="top"):
+        saliency.binarise_top(ref, 1.5)
+
+
+def test_auc_matches_sklearn():
+    rng = np.random.default_rng(2)
+    s = rng.random((6, 8, 8)).round(1)  # ties in the scored map
+    ref = rng.random((6, 8, 8))
+    ours = saliency.auc(s, ref, top=0.3).numpy()
+    positives = saliency.binarise_top(ref, 0.3).numpy()
+    oracle = [roc_auc_score(p.ravel(), x.ravel()) for p, x in zip(positives, s)]
+    np.testing.assert_allclose(ours, oracle, atol=1e-12)
+
+
+# --- all pairs ----------------------------------------------------------------------------
+
+def test_pair_metrics_equal_the_single_pair_functions():
+    rng = np.random.default_rng(3)
+    maps = np.maximum(rng.normal(size=(7, 6, 6)), 0)
+    maps[2] = 0.0  # an all-zero map
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    i, j, same = similarity.unordered_pairs(labels)
+    i, j = i[same], j[same]
+    table = saliency.pair_metrics(maps, i, j, chunk=4)
+    a, b = maps[i.numpy()], maps[j.numpy()]
+    np.testing.assert_allclose(table.cc, saliency.cc(a, b).numpy(), atol=1e-12)
+    np.testing.assert_allclose(table.sim, saliency.sim(a, b).numpy(), atol=1e-12)
+    np.testing.assert_allclose(table.kld_ij, saliency.kld(a, b).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(table.kld_ji, saliency.kld(b, a).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(table.auc_ij, saliency.auc(a, b).numpy(), atol=1e-12)
+    np.testing.assert_allclose(table.auc_ji, saliency.auc(b, a).numpy(), atol=1e-12)
+    mask = maps > 0.5
+    np.testing.assert_allclose(saliency.pair_auc(maps, i, j, mask, chunk=3),
+                               saliency.auc(a, torch.from_numpy(mask[j.numpy()])).numpy(), atol=1e-12)
+    assert len(table) == 3 + 6 and np.isfinite(table.drop(columns=["i", "j"]).to_numpy()).all()
+
+
+def test_pair_mean_ci_is_the_class_mean_with_an_interval():
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    i, j, same = similarity.unordered_pairs(labels)
+    i, j = i[same].numpy(), j[same].numpy()
+    values = np.array([1.0, 2.0, 3.0, 10.0])  # class 0: mean 2, class 1: 10
+    counts = similarity.image_bootstrap_counts(labels, n_resamples=200, seed=0)
+    est = saliency.pair_mean_ci(values, i, j, counts, groups=labels.numpy()[i])
+    assert est.value == pytest.approx(6.0)
+    assert est.low <= est.value <= est.high and est.high > est.low
+    assert saliency.pair_mean_ci(values, i, j, counts).value == pytest.approx(4.0)  # one group
+    # replicate 1 by hand: weights n_i n_j per pair, then the mean of the two class means
+    reps = saliency.pair_mean_replicates(values, i, j, counts, groups=labels.numpy()[i])
+    w = counts[0][i] * counts[0][j]
+    by_class = [np.average(values[m], weights=w[m]) for m in (labels.numpy()[i] == 0, labels.numpy()[i] == 1)
+                if w[m].sum() > 0]
+    assert reps[1] == pytest.approx(np.mean(by_class))
+    with pytest.raises(ValueError, match="groups"):
+        saliency.pair_mean_ci(values, i, j, counts, groups=[0, 1])
+
+
+# --- Grad-CAM -----------------------------------------------------------------------------
+
+def _reference_maps(model, x, layer, targets=None):
+    target_layer = dict(model.named_modules())[layer]
+    wrapped = None if targets is None else [ClassifierOutputTarget(int(c)) for c in targets]
+    with GradCAM(model=model, target_layers=[target_layer]) as cam:
+        return cam(input_tensor=x, targets=wrapped)
+
+
+@pytest.mark.parametrize("arch,side,layers", [
+    ("tiny-resnet18", 32, ("layer4", "layer3", "layer4.1.conv2")),
+    ("tiny-resnet50", 32, ("layer4", "layer4.2.conv3")),
+    ("resnet18", 64, ("layer4", "layer3")),
+])
+def test_gradcam_equals_pytorch_grad_cam(arch, side, layers):
+    torch.manual_seed(0)
+    model = (torchvision.models.resnet18(weights=None) if arch == "resnet18"
+             else build_tiny_resnet(arch, num_classes=10)).eval()
+    x = torch.randn(5, 3, side, side)
+    for layer in layers:
+        reference = _reference_maps(model, x, layer)
+        methods = ("identity", "backward") if layer == "layer4" else ("backward", "auto")
+        for method in methods:
+            ours = saliency.gradcam(model, x, layer=layer, batch_size=2, method=method)
+            assert ours.maps.shape == (5, side, side)
+            assert np.abs(ours.maps.numpy() - reference).max() < 1e-4, (arch, layer, method)
+        assert saliency.gradcam(model, x[:1], layer=layer).method == ("identity" if layer == "layer4" else "backward")
+
+
+def test_gradcam_given_targets_and_raw_maps():
+    torch.manual_seed(1)
+    model = build_tiny_resnet("tiny-resnet18", num_classes=4).train()
+    x = torch.randn(3, 3, 32, 32)
+    targets = [3, 0, 2]
+    result = saliency.gradcam(model, x, targets=targets, method="backward")
+    assert model.training  # mode restored
+    model.eval()
+    assert np.abs(result.maps.numpy() - _reference_maps(model, x, "layer4", targets)).max() < 1e-4
+    assert result.targets.tolist() == targets
+    raw = saliency.gradcam_maps(model, x, targets=targets, normalise=None)
+    feats = {}
+    handle = model.layer4.register_forward_hook(lambda m, i, o: feats.update(f=o.detach()))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    cam = torch.einsum("nk,nkhw->nhw", model.fc.weight[targets] / 16, feats["f"]).relu()
+    expected = torch.nn.functional.interpolate(cam[:, None], size=(32, 32), mode="bilinear")[:, 0]
+    torch.testing.assert_close(raw, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_gradcam_bad_input():
+    model = build_tiny_resnet("tiny-resnet18", num_classes=4)
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.raises(ValueError, match="method='identity' needs layer4"):
+        saliency.gradcam(model, x, layer="layer3", method="identity")
+    with pytest.raises(ValueError, match="unknown layer"):
+        saliency.gradcam(model, x, layer="layer9")
+    with pytest.raises(ValueError, match="normalise"):
+        saliency.gradcam(model, x, normalise="sum")
+    with pytest.raises(ValueError, match="targets"):
+        saliency.gradcam(model, x, targets=[0, 7])
+    with pytest.raises(ValueError, match="weights"):
+        saliency.gradcam(model, x, weights="random")
+
+
+def test_uniform_weights_give_the_channel_mean_map():
+    torch.manual_seed(2)
+    model = build_tiny_resnet("tiny-resnet18", num_classes=4).eval()
+    x = torch.randn(3, 3, 32, 32)
+    ours = saliency.gradcam(model, x, layer="layer3", weights="uniform", normalise=None)
+    assert ours.method == "uniform"
+    feats = {}
+    handle = model.layer3.register_forward_hook(lambda m, i, o: feats.update(f=o.detach()))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    expected = torch.nn.functional.interpolate(feats["f"].mean(1, keepdim=True).relu(), size=(32, 32),
+                                               mode="bilinear")[:, 0]
+    torch.testing.assert_close(ours.maps, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_cached_gradcam_reuses_the_entry_and_keys_on_the_weights():
+    torch.manual_seed(3)
+    model = build_tiny_resnet("tiny-resnet18", num_classes=4).eval()
+    x = torch.randn(3, 3, 32, 32)
+    first = saliency.cached_gradcam(model, x, batch_size=2)
+    torch.testing.assert_close(first.maps, saliency.gradcam_maps(model, x))
+    again = saliency.cached_gradcam(model, x, batch_size=2)
+    torch.testing.assert_close(again.maps, first.maps)
+    with torch.no_grad():
+        model.fc.weight.mul_(-1.0)  # new weights: a new entry, not the stale maps
+    changed = saliency.cached_gradcam(model, x, batch_size=2)
+    torch.testing.assert_close(changed.maps, saliency.gradcam_maps(model, x))
+    assert not torch.allclose(changed.maps, first.maps)
