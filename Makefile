@@ -30,4 +30,4 @@ bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
 
 clean:
-	rm -rf _build book/*.ipynb book/_timings.json
+	rm -rf _build book/*.ipynb book/_timings.json book/_results
