@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -55,15 +54,9 @@ def suggested_threads() -> int:
     return 1 if os.getloadavg()[0] >= cores else cores
 
 
-@contextmanager
 def cpu_threads(n: int | None = None):
-    """Run a block with ``n`` torch threads (default :func:`suggested_threads`), then restore the count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(suggested_threads() if n is None else n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    """``training.cpu_threads`` with ``n`` threads, by default :func:`suggested_threads`."""
+    return training.cpu_threads(suggested_threads() if n is None else n)
 
 
 def _check_choice(name: str, value, choices) -> str:

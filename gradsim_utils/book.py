@@ -78,7 +78,9 @@ _DISPLAY_TAGS = {"remove-cell", "remove-input", "hide-cell", "hide-input"}
 
 def _hide_injected_parameters_like_defaults(notebook) -> None:
     """Give papermill's injected-parameters cell the display tags of the chapter's parameters cell."""
-    tags_of = lambda cell: set(cell.get("metadata", {}).get("tags", []))
+    def tags_of(cell) -> set[str]:
+        return set(cell.get("metadata", {}).get("tags", []))
+
     display = set().union(*(tags_of(c) & _DISPLAY_TAGS for c in notebook.cells if "parameters" in tags_of(c)))
     for cell in notebook.cells:
         if "injected-parameters" in tags_of(cell):

@@ -75,8 +75,8 @@ def paired_box_iou(boxes_a, boxes_b) -> torch.Tensor:
     top_left = torch.maximum(a[:, :2], b[:, :2])
     bottom_right = torch.minimum(a[:, 2:], b[:, 2:])
     inter = (bottom_right - top_left).clamp_min(0).prod(1)
-    area = lambda box: (box[:, 2:] - box[:, :2]).prod(1)
-    union = area(a) + area(b) - inter
+    area_a, area_b = (a[:, 2:] - a[:, :2]).prod(1), (b[:, 2:] - b[:, :2]).prod(1)
+    union = area_a + area_b - inter
     return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(union))
 
 

@@ -96,10 +96,10 @@ def model_cache_key(name: str, profile: Profile, seed: int) -> str:
 
 
 @contextmanager
-def cpu_threads():
-    """Use one torch thread per available core for the block, then restore the previous count."""
+def cpu_threads(n: int | None = None):
+    """Use ``n`` torch threads (default: one per available core) for the block, then restore the count."""
     before = torch.get_num_threads()
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))) if n is None else n)
     try:
         yield
     finally:
