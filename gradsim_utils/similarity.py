@@ -91,35 +91,35 @@ def within_class_cosine(x: torch.Tensor, labels: torch.Tensor) -> dict[int, floa
     Returns ``{class: mean cosine}``; a class with fewer than two samples has no pair and raises.
     With unit rows u_i (zero rows stay zero) the class's Gram block U U^T sums to
     1^T U U^T 1 = ||U^T 1||^2, so the pair mean is (||sum_i u_i||^2 - sum_i ||u_i||^2) / (n (n - 1)):
-    the normalised matrix product reduced algebraically, O(N D) instead of O(N^2 D). Rows are
-    processed in float64 blocks of about a million numbers, so no full-size float64 copy is made.
+    the normalised matrix product reduced algebraically, O(N D) instead of O(N^2 D). Rows pass
+    through one reused float64 buffer of about a million numbers (it stays in cache), so the
+    arithmetic is float64 without a full-size float64 copy.
     """
     x = torch.as_tensor(x)
     if x.ndim < 2:
         raise ValueError(f"x must have shape (N, ...) with N samples, got shape {tuple(x.shape)}")
-    x = x.detach().cpu().reshape(x.shape[0], -1).numpy()
-    if not np.isfinite(x.sum(dtype=np.float64)):  # NaN and Inf propagate into the sum
-        raise ValueError("x contains NaN or Inf")
+    x = x.detach().reshape(x.shape[0], -1)
     labels = _check_labels(labels, x.shape[0])
-    classes, index, sizes = np.unique(labels.numpy(), return_inverse=True, return_counts=True)
+    classes, index, sizes = torch.unique(labels.to(x.device), return_inverse=True, return_counts=True)
     if sizes.min() < 2:
         c = classes[sizes.argmin()].item()
-        raise ValueError(f"class {c} has {sizes.min()} sample(s); a within-class cosine needs two")
-    sums = np.zeros((len(classes), x.shape[1]))
-    self_terms = np.zeros(len(classes))
-    step = max(1, 2**20 // max(1, x.shape[1]))
-    for start in range(0, x.shape[0], step):
-        block = x[start:start + step].astype(np.float64)
-        norms = np.sqrt(np.einsum("ij,ij->i", block, block))
-        inverse = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-        unit = block * inverse[:, None]
-        block_index = index[start:start + step]
-        for c in np.unique(block_index):  # at most (classes x blocks) vectorised row sums
-            sums[c] += unit[block_index == c].sum(0)
-        self_terms += np.bincount(index[start:start + step], weights=(norms > 0).astype(float),
-                                  minlength=len(classes))
-    means = (np.einsum("ij,ij->i", sums, sums) - self_terms) / (sizes * (sizes - 1.0))
-    return {c.item(): float(m) for c, m in zip(classes, means)}
+        raise ValueError(f"class {c} has {sizes.min().item()} sample(s); a within-class cosine needs two")
+    n, dim = x.shape
+    step = max(1, 2**20 // max(1, dim))
+    buffer = torch.empty(min(step, n), dim, dtype=torch.float64, device=x.device)
+    sums = torch.zeros(len(classes), dim, dtype=torch.float64, device=x.device)
+    norms = torch.empty(n, dtype=torch.float64, device=x.device)
+    for start in range(0, n, step):
+        block = buffer[:min(step, n - start)]
+        block.copy_(x[start:start + step])
+        block_norms = torch.linalg.vector_norm(block, dim=1, out=norms[start:start + step])
+        block.mul_(torch.where(block_norms > 0, block_norms.reciprocal(), 0.0)[:, None])
+        sums.index_add_(0, index[start:start + step], block)
+    if not torch.isfinite(norms).all():  # a NaN or Inf entry makes its row's norm NaN or Inf
+        raise ValueError("x contains NaN or Inf")
+    self_terms = torch.zeros_like(sums[:, 0]).index_add_(0, index, (norms > 0).to(torch.float64))
+    means = ((sums * sums).sum(1) - self_terms) / (sizes * (sizes - 1.0))
+    return {c: m for c, m in zip(classes.tolist(), means.tolist())}
 
 
 def within_class_cosine_from_matrix(sims: torch.Tensor, labels: torch.Tensor) -> dict[int, float]:
