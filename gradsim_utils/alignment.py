@@ -314,7 +314,7 @@ def train_aligned(name: str = "tiny-resnet18", *, form: str = "cosine", lam: flo
             for step in tqdm(range(steps), desc=f"{name} {form} lambda={lam:g} epoch {epoch + 1}/{epochs}",
                              disable=not progress, leave=False):
                 idx = order[step * batch:(step + 1) * batch]
-                x = training._to_input(train.images[idx], dev).contiguous()
+                x = training.to_input(train.images[idx], dev).contiguous()
                 y = train.labels[idx].to(dev)
                 if lam > 0:
                     grads, logits = input_gradients(model, x, y, create_graph=True)

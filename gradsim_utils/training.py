@@ -31,7 +31,7 @@ from .cache import cache_key
 from .profiles import TINY_MODELS, Profile, get_device
 
 __all__ = ["CODE_VERSION", "MEAN", "STD", "RECIPE", "benchmark_class_names", "benchmark_fingerprint", "cpu_threads", "fit",
-           "model_cache_key", "confusion_matrix", "evaluate", "train_tiny_resnet"]
+           "model_cache_key", "confusion_matrix", "evaluate", "to_input", "train_tiny_resnet"]
 
 # Bump when anything below changes the trained weights or the reported metrics.
 CODE_VERSION = "tiny-resnet-training-1"
@@ -106,7 +106,7 @@ def cpu_threads(n: int | None = None):
         torch.set_num_threads(before)
 
 
-def _to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 benchmark images -> normalised float32 model input (channels-last) on ``device``."""
     x = images.to(device).float().div_(255)
     mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
@@ -118,7 +118,7 @@ def _to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 def evaluate(model: torch.nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Predicted labels of ``images`` (uint8, N x 3 x H x W), batched, in eval mode."""
     model.eval()
-    preds = [model(_to_input(images[i:i + EVAL_BATCH], device)).argmax(1).cpu()
+    preds = [model(to_input(images[i:i + EVAL_BATCH], device)).argmax(1).cpu()
              for i in range(0, len(images), EVAL_BATCH)]
     return torch.cat(preds)
 
@@ -195,7 +195,7 @@ def fit(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, prof
                    disable=desc is None, leave=False)
         for step in bar:
             idx = order[step * batch:(step + 1) * batch]
-            x = _to_input(images[idx], device)
+            x = to_input(images[idx], device)
             loss = F.cross_entropy(model(x), labels[idx].to(device),
                                    label_smoothing=RECIPE["label_smoothing"])
             optimizer.zero_grad(set_to_none=True)
