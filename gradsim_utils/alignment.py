@@ -25,13 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import data, models, similarity, training
+from . import data, extract, models, similarity, training
 from .cache import cache_key, cached_torch
 from .profiles import TINY_MODELS, get_device
 
 __all__ = [
     "FORMS", "CODE_VERSION", "same_class_pairs", "gradient_alignment_loss",
-    "gradient_alignment_loss_loop", "input_gradients", "hvp", "gaussian_mutual_information",
+    "gradient_alignment_loss_loop", "hvp", "gaussian_mutual_information",
     "train_aligned", "aligned_model", "input_hessian_top_eigenvalue", "alignment_measures",
     "suggested_threads", "cpu_threads",
 ]
@@ -135,25 +135,6 @@ def gradient_alignment_loss_loop(grads: torch.Tensor, labels: torch.Tensor, form
         return flat.new_zeros(())
     total = torch.stack(terms).sum()
     return total / len(terms) if reduction == "mean" else total
-
-
-def input_gradients(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
-                    create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """g_i = d L(f(x_i), y_i) / d x_i for a prepared float batch ``x``, and the logits.
-
-    L is the cross-entropy with the true label, summed over the batch, so each image gets its own
-    gradient when images do not interact (eval mode). In train mode BatchNorm's batch statistics
-    couple the images: then g_i also carries the (O(1/N)) effect of x_i on the others' losses.
-    ``create_graph=True`` keeps the graph, so a loss of g can be differentiated (double backward).
-    """
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2:
-        raise ValueError("x must be a prepared float batch (N, ...), e.g. from models.prepare_inputs")
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        logits = model(x)
-        loss = F.cross_entropy(logits, torch.as_tensor(labels, device=logits.device).long(), reduction="sum")
-        (grads,) = torch.autograd.grad(loss, x, create_graph=create_graph)
-    return grads, logits
 
 
 def _as_tuple(value, name: str) -> tuple[torch.Tensor, ...]:
@@ -317,7 +298,7 @@ def train_aligned(name: str = "tiny-resnet18", *, form: str = "cosine", lam: flo
                 x = training.to_input(train.images[idx], dev).contiguous()
                 y = train.labels[idx].to(dev)
                 if lam > 0:
-                    grads, logits = input_gradients(model, x, y, create_graph=True)
+                    grads, logits = extract.input_gradients(model, x, y, create_graph=True)
                     l_grad = gradient_alignment_loss(grads, y, form=form, reduction="mean")
                 else:
                     logits, l_grad = model(x), torch.zeros((), device=dev)
@@ -447,7 +428,6 @@ def alignment_measures(model: nn.Module, images: torch.Tensor, labels: torch.Ten
     different-class pairs of input gradients, on dim = min(classes, N // 4) principal components;
     the mean same-class ||g_i - g_j||^2 and its norm part mean(||g_i||^2 + ||g_j||^2).
     """
-    from . import extract
 
     labels = torch.as_tensor(labels).long()
     grads = extract.loss_input_gradients(model, images, labels, batch_size=batch_size, device=device,

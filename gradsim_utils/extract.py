@@ -28,6 +28,7 @@ from .profiles import get_device
 
 __all__ = [
     "Representations",
+    "input_gradients",
     "LayerTap",
     "get_layer",
     "last_block_inner_conv",
@@ -349,6 +350,25 @@ def gradient_weight_identity_error(model: nn.Module, reps: Representations, clas
     return float(error.max())
 
 
+def input_gradients(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
+                    create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """g_i = d L(f(x_i), y_i) / d x_i for a prepared float batch ``x``, and the logits.
+
+    L is the cross-entropy with the true label, summed over the batch, so each image gets its own
+    gradient when images do not interact (eval mode). In train mode BatchNorm's batch statistics
+    couple the images: then g_i also carries the (O(1/N)) effect of x_i on the others' losses.
+    ``create_graph=True`` keeps the graph, so a loss of g can be differentiated (double backward).
+    """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2:
+        raise ValueError("x must be a prepared float batch (N, ...), e.g. from models.prepare_inputs")
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        logits = model(x)
+        loss = F.cross_entropy(logits, torch.as_tensor(labels, device=logits.device).long(), reduction="sum")
+        (grads,) = torch.autograd.grad(loss, x, create_graph=create_graph)
+    return grads, logits
+
+
 def loss_input_gradients(model: nn.Module, images, labels, batch_size: int = 64,
                          device: str | torch.device = "auto", progress: bool = True) -> torch.Tensor:
     """Seed 001's gradient: g_i = d L(f(x_i), y_i) / d x_i, L the cross-entropy with true label y_i.
@@ -370,7 +390,5 @@ def loss_input_gradients(model: nn.Module, images, labels, batch_size: int = 64,
         for start in tqdm(range(0, images.shape[0], batch_size), desc="input gradients", unit="batch",
                           disable=not progress):
             stop = min(start + batch_size, images.shape[0])
-            x = _prepare(model, images[start:stop], dev).requires_grad_(True)
-            loss = F.cross_entropy(model(x), labels[start:stop].long().to(dev), reduction="sum")
-            grads.append(torch.autograd.grad(loss, x)[0].cpu())
+            grads.append(input_gradients(model, _prepare(model, images[start:stop], dev), labels[start:stop])[0].cpu())
     return torch.cat(grads)

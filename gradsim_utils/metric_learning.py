@@ -131,8 +131,7 @@ class MetricModel(nn.Module):
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (0-255) or float (0-1) images -> normalised float input at ``image_size``."""
-        x = images.to(self.mean.device)
-        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+        x = models.to_unit_float(images, self.mean.device)
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size,) * 2, mode="bilinear", antialias=True,
                               align_corners=False)

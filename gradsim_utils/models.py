@@ -25,13 +25,14 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from . import training
+from . import data, training
 from .cache import cached_torch
 from .profiles import TINY_MODELS, TORCHVISION_MODELS, Profile, get_device, get_profile
 
 __all__ = [
     "MODEL_NAMES", "ModelInfo", "WeightsUnavailableError", "TinyResNet", "build_tiny_resnet",
     "hub_checkpoint_path", "resnet_depth", "load_model", "prepare_inputs", "models_for_profile",
+    "class_logit_indices", "to_unit_float",
 ]
 
 EFFICIENTNET = "efficientnet-lite0"
@@ -362,6 +363,28 @@ def _info(model: nn.Module) -> ModelInfo:
     return info
 
 
+def class_logit_indices(model: nn.Module, class_names) -> list[int]:
+    """The output (logit) of ``model`` that scores each of a dataset's ``class_names``.
+
+    A name in the model's own class list (case-insensitive, ``_`` for a space) maps to its position:
+    the benchmark's tiny ResNets, ImageNet category names. A name of ``data.ANIMAL_CLASSES`` maps to
+    its ImageNet index on a 1000-class model (its category may be spelt otherwise: "monarch
+    butterfly" is "monarch"). Anything else follows ``label_similarity.imagenet_class_indices``
+    (WordNet-id folders of the full layout, or indices); an unknown name raises ValueError.
+    """
+    from .label_similarity import imagenet_class_indices  # label_similarity is the folder-naming authority
+
+    categories = _info(model).class_names
+    own = {c.lower(): i for i, c in enumerate(categories)}
+    animals = {a.name.lower(): a.imagenet_index for a in data.ANIMAL_CLASSES} if len(categories) == 1000 else {}
+    names = list(class_names)
+    known = {**animals, **own}
+    keys = [name.replace("_", " ").lower() for name in names]
+    if len(names) == len(categories) and not all(k in known for k in keys):
+        return imagenet_class_indices(names, categories)  # the full layout: sorted folder order
+    return [known[k] if k in known else imagenet_class_indices([name], categories)[0] for name, k in zip(names, keys)]
+
+
 def prepare_inputs(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Turn images into the model's float32 input on its device: scale, resize, normalise.
 
@@ -370,11 +393,23 @@ def prepare_inputs(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     ``model.gradsim_info.mean``/``std``.
     """
     info = _info(model)
+    device = next(model.parameters()).device
+    x = to_unit_float(images, device)
+    size = info.input_size
+    if tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(info.std, device=device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def to_unit_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Checked N x 3 x H x W images as float32 on a 0-1 scale on ``device``: uint8 (0-255) is
+    divided by 255; float must already lie in [0, 1] and be finite; anything else raises."""
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
     if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] == 0:
         raise ValueError(f"images must be a non-empty N x 3 x H x W tensor, got shape {tuple(images.shape)}")
-    device = next(model.parameters()).device
     if images.dtype == torch.uint8:
         x = images.to(device).float().div_(255)
     elif images.is_floating_point():
@@ -387,12 +422,7 @@ def prepare_inputs(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
             raise ValueError(f"float images must be on a 0-1 scale, got values in [{low:.3g}, {high:.3g}]")
     else:
         raise TypeError(f"images must be uint8 (0-255) or float (0-1), got dtype {images.dtype}")
-    size = info.input_size
-    if tuple(x.shape[-2:]) != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(info.std, device=device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return x
 
 
 def models_for_profile(profile: str | Profile, device: str | torch.device = "auto", seed: int = 0,

@@ -8,9 +8,10 @@ Steps (reference settings from the public code nkondapa/RSVC, see METHODS.md):
 3. Concepts of model 1: NMF A ~ U W (sklearn, ``init="nndsvd"``, 10 components), W (k x C) the
    concepts. Coefficients of any activation on the fixed W by non-negative least squares,
    u = argmin_{u >= 0} ||a - u W||^2 (scipy ``nnls``), never NMF's own U of another fit.
-4. Similarity of concept j of model 1 to model 2: z-scored activations of model 2 regressed on the
-   z-scored coefficients u_j of model 1 with a Lasso (alpha 0.1), cross-validated with folds split
-   by image (GroupKFold); Pearson r between held-out true and predicted u_j. Beside it the
+4. Similarity of concept j of model 1 to model 2: the z-scored coefficients u_j of model 1 predicted
+   from the z-scored activations of model 2 by a Lasso (alpha 0.1), cross-validated with folds split
+   by image (GroupKFold); Pearson r between held-out true and predicted u_j, pooled over the folds
+   (the reference code averages one r per fold instead; METHODS.md leaves it open). Beside it the
    self-prediction ceiling (model 1's own activations) and the max-correlation baseline
    max_l r(u_j^(1), u_l^(2)) between the two models' own concepts.
 5. Importance of concept j: integrated gradients (captum, 30 steps, baseline 0) of the class logit
@@ -39,7 +40,7 @@ __all__ = [
     "patch_marker_coverage", "layer_activations", "Concepts", "fit_concepts", "nnls_coefficients",
     "pearson_columns", "cross_validated_prediction", "group_bootstrap_pearson", "max_correlation",
     "concept_attributions", "ClassComparison", "compare_class", "compare_both_directions", "concept_purity",
-    "layerwise_similarity", "marker_benchmarks", "marker_models", "train_on_benchmark", "StageTimer",
+    "layerwise_similarity", "marker_benchmarks", "marker_models", "StageTimer",
 ]
 
 PATCH_FRACTION = 64 / 224   # reference: 64 px patches on 224 px images
@@ -169,8 +170,9 @@ def _one_blas_thread():
 
 
 def fit_concepts(acts, n_concepts: int = 10, seed: int = 0, max_iter: int = 200) -> Concepts:
-    """NMF A ~ U W with sklearn (``init="nndsvd"``, ``random_state=seed``, coordinate descent with
-    scikit-learn's default 200 iterations), as the reference does."""
+    """NMF A ~ U W with sklearn (``init="nndsvd"``, coordinate descent with scikit-learn's default
+    200 iterations), as the reference does. Both are deterministic, so ``seed`` (passed on as
+    ``random_state``) does not change the result."""
     from sklearn.decomposition import NMF
 
     a = _nonnegative(acts, "acts")
@@ -515,19 +517,6 @@ def _schedule_key(name, epochs, batch_size, base_width, seed) -> dict:
     return dict(code_version=CODE_VERSION, training_version=training.CODE_VERSION, recipe=training.RECIPE,
                 name=name, epochs=epochs, batch_size=batch_size, base_width=base_width, seed=seed,
                 mean=training.MEAN, std=training.STD)
-
-
-def train_on_benchmark(name: str, train: data.Benchmark, evaluation: data.Benchmark, epochs: int = 3,
-                       batch_size: int = 64, base_width: int = 16, seed: int = 0,
-                       device: str | torch.device = "auto", progress: bool = True) -> nn.Module:
-    """A tiny ResNet trained on a given Benchmark with training.py's recipe, cached under a hash of
-    the training and evaluation pixels and labels and the settings."""
-    _check_schedule(name, epochs, batch_size, base_width)
-    key = cache_key(step="rsvc-benchmark-model", **_schedule_key(name, epochs, batch_size, base_width, seed),
-                    train=_fingerprint(train.images, train.labels),
-                    evaluation=_fingerprint(evaluation.images, evaluation.labels))
-    return _cached_training(key, name, lambda: train, evaluation, epochs, batch_size, base_width, seed,
-                            get_device(device), progress)
 
 
 def marker_models(name: str, marker_class: int, marker_rate: float, n_train_per_class: int,

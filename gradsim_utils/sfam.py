@@ -149,6 +149,7 @@ def channel_weights(method: str, v_q: torch.Tensor, v_s: torch.Tensor, v_s_each:
     embeddings of the individual support images. For ``gradcam`` the support weights are
     ds/dv^S divided by K (each support image enters V^S with weight 1/K).
     """
+    _check_metric(metric)
     k = v_s_each.shape[-2]
     if method == "sfam":
         w = minmax_weights(cis(v_q, v_s, metric))
@@ -264,7 +265,8 @@ def randomisation_stages(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
 def _reset(modules: list[nn.Module], seed: int) -> None:
     """Re-initialise ``modules`` in place (seeded): every sub-module's ``reset_parameters`` (convolutions
     to their default random initialisation, BatchNorm to scale 1 and shift 0) and running statistics."""
-    with torch.random.fork_rng(devices=[]):
+    devices = sorted({p.device.index or 0 for m in modules for p in m.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices):  # the global CPU and CUDA generators are left as they were
         torch.manual_seed(seed)
         for module in modules:
             for sub in module.modules():

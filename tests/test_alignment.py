@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradsim_utils import alignment
+from gradsim_utils import alignment, extract
 
 
 @pytest.fixture()
@@ -91,7 +91,7 @@ def test_double_backward_through_input_gradients_matches_finite_differences(form
     y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
 
     def loss_of_net() -> torch.Tensor:
-        grads, _ = alignment.input_gradients(net, x, y, create_graph=True)
+        grads, _ = extract.input_gradients(net, x, y, create_graph=True)
         return alignment.gradient_alignment_loss(grads, y, form=form)
 
     weight = net[0].weight
@@ -114,7 +114,7 @@ def test_input_gradients_match_per_image_autograd():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).eval()
     x = torch.randn(5, 3, 6, 6)
     y = torch.tensor([0, 1, 2, 1, 0])
-    grads, logits = alignment.input_gradients(net, x, y)
+    grads, logits = extract.input_gradients(net, x, y)
     for i in range(5):
         xi = x[i:i + 1].clone().requires_grad_(True)
         loss = nn.functional.cross_entropy(net(xi), y[i:i + 1])

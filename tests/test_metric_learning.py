@@ -51,6 +51,12 @@ def test_metric_model_has_no_head_and_pools_its_feature_maps():
     with torch.no_grad():
         assert torch.allclose(model(model.prepare(images)), sfam.pool(maps), atol=1e-5)
     assert len(sfam.randomisation_stages(model)) == 9
+    # uint8 and the same pixels as 0-1 floats give one input; other scales and types raise
+    torch.testing.assert_close(model.prepare(images), model.prepare(images.float() / 255))
+    with pytest.raises(ValueError, match="0-1 scale"):
+        model.prepare(images.float())
+    with pytest.raises(TypeError, match="uint8"):
+        model.prepare(images.to(torch.int16))
 
 
 def test_training_changes_weights_and_is_cached():

@@ -229,3 +229,21 @@ def test_confusion_matrix_matches_scikit_learn():
     preds = torch.tensor([0, 1, 1, 2, 0, 2, 1])
     expected = confusion_matrix(labels.numpy(), preds.numpy(), labels=[0, 1, 2, 3])
     assert training.confusion_matrix(labels, preds, 4).tolist() == expected.tolist()
+
+
+def test_class_logit_indices_maps_dataset_classes_to_model_outputs():
+    imagenet = models.load_model("resnet18", weights=None, device="cpu")
+    categories = imagenet.gradsim_info.class_names
+    # category names (any case, "_" for a space), the paper's animals (ImageNet spells monarch
+    # without "butterfly") and folder indices all find their output
+    assert models.class_logit_indices(imagenet, ["goldfish", "Monarch butterfly", "golf_ball", "7"]) == [
+        1, 323, categories.index("golf ball"), 7]
+    from gradsim_utils import data
+    assert models.class_logit_indices(imagenet, [a.name for a in data.ANIMAL_CLASSES]) == [
+        a.imagenet_index for a in data.ANIMAL_CLASSES]
+    # the benchmark's tiny ResNets: the position in the model's own class list, in any order
+    tiny = models.load_model("tiny-resnet18", profile="smoke", weights=None, device="cpu")
+    names = list(tiny.gradsim_info.class_names)
+    assert models.class_logit_indices(tiny, names[::-1]) == list(range(len(names)))[::-1]
+    with pytest.raises(ValueError, match="neither ImageNet class names"):
+        models.class_logit_indices(tiny, ["no such class"])
