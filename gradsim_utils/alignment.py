@@ -428,7 +428,6 @@ def alignment_measures(model: nn.Module, images: torch.Tensor, labels: torch.Ten
     different-class pairs of input gradients, on dim = min(classes, N // 4) principal components;
     the mean same-class ||g_i - g_j||^2 and its norm part mean(||g_i||^2 + ||g_j||^2).
     """
-
     labels = torch.as_tensor(labels).long()
     grads = extract.loss_input_gradients(model, images, labels, batch_size=batch_size, device=device,
                                          progress=False)

@@ -549,30 +549,28 @@ def bootstrap_agreement(gap: dict[str, torch.Tensor], hidden: torch.Tensor | Non
 # The paper path: an ImageNet-style image folder, streamed class by class
 # --------------------------------------------------------------------------------------------
 
-def imagenet_class_indices(folder_names: Sequence[str], categories: Sequence[str]) -> list[int]:
+def imagenet_class_indices(folder_names: Sequence[str], categories: Sequence[str],
+                           aliases: dict[str, int] | None = None) -> list[int]:
     """ImageNet class index of each class folder.
 
-    Exactly ``len(categories)`` folders (the full ImageNet layout, e.g. WordNet ids): their sorted
-    order is the class index, as in torchvision's ImageFolder. Otherwise each folder is named by
-    an ImageNet class name (case-insensitive, ``_`` for a space) or by its index ``0..999``.
+    A folder named by a category or by a key of ``aliases`` (case-insensitive, ``_`` for a space)
+    maps to that class, one named ``0..len(categories) - 1`` to that index. Otherwise exactly
+    ``len(categories)`` folders are the full ImageNet layout (e.g. WordNet ids): their sorted order is
+    the class index, as in torchvision's ImageFolder.
     """
     names = list(folder_names)
-    if len(names) == len(categories):
+    lookup = {**{k.lower(): v for k, v in (aliases or {}).items()},
+              **{c.lower(): i for i, c in enumerate(categories)}}
+    for i in range(len(categories)):
+        lookup.setdefault(str(i), i)
+    keys = [name.replace("_", " ").lower() for name in names]
+    if len(names) == len(categories) and not all(k in lookup for k in keys):
         return [sorted(names).index(n) for n in names]
-    lookup = {c.lower(): i for i, c in enumerate(categories)}
-    out, unknown = [], []
-    for name in names:
-        key = name.replace("_", " ").lower()
-        if key in lookup:
-            out.append(lookup[key])
-        elif name.isdigit() and int(name) < len(categories):
-            out.append(int(name))
-        else:
-            unknown.append(name)
+    unknown = [name for name, key in zip(names, keys) if key not in lookup]
     if unknown:
         raise ValueError(f"class folders {unknown[:5]} are neither ImageNet class names (e.g. 'golf ball', "
                          f"'golf_ball') nor indices 0..{len(categories) - 1}; or provide all {len(categories)} folders")
-    return out
+    return [lookup[key] for key in keys]
 
 
 @dataclass

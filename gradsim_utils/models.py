@@ -27,6 +27,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from . import data, training
 from .cache import cached_torch
+from .label_similarity import imagenet_class_indices
 from .profiles import TINY_MODELS, TORCHVISION_MODELS, Profile, get_device, get_profile
 
 __all__ = [
@@ -364,25 +365,16 @@ def _info(model: nn.Module) -> ModelInfo:
 
 
 def class_logit_indices(model: nn.Module, class_names) -> list[int]:
-    """The output (logit) of ``model`` that scores each of a dataset's ``class_names``.
-
-    A name in the model's own class list (case-insensitive, ``_`` for a space) maps to its position:
-    the benchmark's tiny ResNets, ImageNet category names. A name of ``data.ANIMAL_CLASSES`` maps to
-    its ImageNet index on a 1000-class model (its category may be spelt otherwise: "monarch
-    butterfly" is "monarch"). Anything else follows ``label_similarity.imagenet_class_indices``
-    (WordNet-id folders of the full layout, or indices); an unknown name raises ValueError.
+    """The output (logit) of ``model`` that scores each of a dataset's ``class_names``, by the
+    rules of ``label_similarity.imagenet_class_indices`` on the model's own class list: the
+    benchmark's names on the tiny ResNets, category names, WordNet-id folders or indices on ImageNet
+    models, where the paper's ``data.ANIMAL_CLASSES`` also map by name ("monarch butterfly" is
+    ImageNet's "monarch"). An unknown name raises ValueError.
     """
-    from .label_similarity import imagenet_class_indices  # label_similarity is the folder-naming authority
-
     categories = _info(model).class_names
-    own = {c.lower(): i for i, c in enumerate(categories)}
-    animals = {a.name.lower(): a.imagenet_index for a in data.ANIMAL_CLASSES} if len(categories) == 1000 else {}
-    names = list(class_names)
-    known = {**animals, **own}
-    keys = [name.replace("_", " ").lower() for name in names]
-    if len(names) == len(categories) and not all(k in known for k in keys):
-        return imagenet_class_indices(names, categories)  # the full layout: sorted folder order
-    return [known[k] if k in known else imagenet_class_indices([name], categories)[0] for name, k in zip(names, keys)]
+    imagenet = tuple(categories) == _imagenet_categories()
+    aliases = {a.name: a.imagenet_index for a in data.ANIMAL_CLASSES} if imagenet else None
+    return imagenet_class_indices(class_names, categories, aliases)
 
 
 def prepare_inputs(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
