@@ -13,7 +13,7 @@ __all__ = ["BOOK_PACKAGES", "git_commit", "package_versions", "machine_descripti
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-BOOK_PACKAGES = ("gradsim_utils", "torch", "torchvision", "numpy", "scipy", "scikit-learn", "scikit-image",
+BOOK_PACKAGES = ("gradsim_utils", "torch", "torchvision", "numpy", "scipy", "numba", "scikit-learn", "scikit-image",
                  "pandas", "matplotlib", "seaborn", "diffusers", "transformers", "timm", "grad-cam", "captum",
                  "papermill", "jupytext", "jupyter-book", "myst-nb", "sphinx")
 

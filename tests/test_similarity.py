@@ -4,7 +4,7 @@ import pytest
 import torch
 from sklearn.metrics.pairwise import cosine_similarity
 
-from gradsim_utils import similarity
+from gradsim_utils import similarity, training
 
 
 def test_cosine_matrix_matches_sklearn_including_zero_rows():
@@ -32,6 +32,45 @@ def test_within_class_cosine_rejects_singletons_and_nan():
         similarity.within_class_cosine(torch.ones(3, 2), torch.tensor([0, 0, 1]))
     with pytest.raises(ValueError, match="NaN"):
         similarity.cosine_matrix(torch.tensor([[float("nan"), 1.0], [1.0, 1.0]]))
+
+
+def _within_class_oracle(x, labels):
+    """Loop oracle: scikit-learn's cosine matrix in float64, mean over each class's pairs i < j."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(labels), -1)
+    sims = cosine_similarity(x)
+    return {c: np.mean([sims[i, j] for i in np.flatnonzero(labels == c) for j in np.flatnonzero(labels == c) if i < j])
+            for c in np.unique(labels).tolist()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_within_class_cosine_equals_the_pair_loop_for_uneven_unsorted_classes(dtype):
+    # class sizes 2, 3, 4, 5, 9 cover the kernel's groups of four and every remainder
+    labels = np.random.default_rng(0).permutation(np.repeat([7, 1, 4, 0, 2], [2, 3, 4, 5, 9]))
+    x = torch.randn(len(labels), 3, 5, generator=torch.Generator().manual_seed(2)).to(dtype)
+    x[3] = 0.0  # a zero row has cosine 0 with everything
+    ours = similarity.within_class_cosine(x, torch.tensor(labels))
+    oracle = _within_class_oracle(x.double().numpy(), labels)
+    assert ours.keys() == oracle.keys()
+    assert all(ours[c] == pytest.approx(oracle[c], abs=1e-12) for c in oracle)
+
+
+def test_within_class_cosine_threaded_equals_single_run(monkeypatch):
+    labels = torch.arange(5).repeat_interleave(torch.tensor([30, 2, 41, 7, 20]))
+    x = torch.randn(len(labels), 300, generator=torch.Generator().manual_seed(3))
+    single = similarity.within_class_cosine(x, labels)
+    monkeypatch.setattr(similarity, "THREADED_MIN_ENTRIES", 0)
+    for threads in (2, 3, 8):  # more threads than classes leaves the extra ones out
+        with training.cpu_threads(threads):
+            threaded = similarity.within_class_cosine(x, labels)
+        assert all(threaded[c] == pytest.approx(single[c], abs=1e-13) for c in single)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_within_class_cosine_rejects_nan_and_inf(bad):
+    x = torch.ones(4, 3)
+    x[2, 1] = bad
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        similarity.within_class_cosine(x, torch.tensor([0, 0, 1, 1]))
 
 
 def test_predicted_label_cosine_is_one_for_shared_predictions():
