@@ -16,7 +16,6 @@ more dimensions than there are samples.
 """
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -33,30 +32,13 @@ __all__ = [
     "FORMS", "CODE_VERSION", "same_class_pairs", "gradient_alignment_loss",
     "gradient_alignment_loss_loop", "hvp", "gaussian_mutual_information",
     "train_aligned", "aligned_model", "input_hessian_top_eigenvalue", "alignment_measures",
-    "suggested_threads", "cpu_threads",
 ]
 
 FORMS = ("euclidean", "cosine")
 REDUCTIONS = ("sum", "mean")
 HVP_METHODS = ("double-backward", "forward-over-reverse")
 # Bump when anything below changes the trained weights or the reported metrics.
-CODE_VERSION = "gradient-alignment-2"
-
-
-def suggested_threads() -> int:
-    """One torch thread per available core on a quiet machine, one thread when the machine is busy.
-
-    When the 1-minute load average is at least the core count, OpenMP threads spin-wait for each
-    other while the scheduler runs other processes: measured on 2 shared cores at load ~15, an input
-    gradient of 8 images took 15x longer with 2 threads than with 1 (the double backward 20x).
-    """
-    cores = max(1, len(os.sched_getaffinity(0)))
-    return 1 if os.getloadavg()[0] >= cores else cores
-
-
-def cpu_threads(n: int | None = None):
-    """``training.cpu_threads`` with ``n`` threads, by default :func:`suggested_threads`."""
-    return training.cpu_threads(suggested_threads() if n is None else n)
+CODE_VERSION = "gradient-alignment-3"  # 3: always one torch thread per core (was load-dependent)
 
 
 def _check_choice(name: str, value, choices) -> str:
@@ -280,7 +262,7 @@ def train_aligned(name: str = "tiny-resnet18", *, form: str = "cosine", lam: flo
     generator = torch.Generator().manual_seed(seed)
     batch = min(batch_size, len(train.labels))
     steps = len(train.labels) // batch
-    with torch.random.fork_rng(devices=[]), cpu_threads():
+    with torch.random.fork_rng(devices=[]), training.cpu_threads():
         torch.manual_seed(seed)
         model = models.build_tiny_resnet(name, len(train.class_names), base_width)
         model = model.to(dev)  # contiguous: see the docstring
