@@ -151,7 +151,7 @@ def within_class_cosine(x: torch.Tensor, labels: torch.Tensor) -> dict[int, floa
         c = classes[sizes.argmin()].item()
         raise ValueError(f"class {c} has {sizes.min().item()} sample(s); a within-class cosine needs two")
     if x.dtype not in (torch.float32, torch.float64):
-        x = x.float()  # float16, bfloat16 and small integers are exact in float32
+        x = x.double()  # float16, bfloat16 and integers (up to 2**53) are exact in float64
     rows, sizes = np.ascontiguousarray(x.numpy()), sizes.numpy()
     order = np.argsort(index.numpy(), kind="stable")  # rows grouped by class
     starts = np.concatenate([[0], np.cumsum(sizes)])

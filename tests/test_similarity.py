@@ -42,11 +42,11 @@ def _within_class_oracle(x, labels):
             for c in np.unique(labels).tolist()}
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32])
 def test_within_class_cosine_equals_the_pair_loop_for_uneven_unsorted_classes(dtype):
     # class sizes 2, 3, 4, 5, 9 cover the kernel's groups of four and every remainder
     labels = np.random.default_rng(0).permutation(np.repeat([7, 1, 4, 0, 2], [2, 3, 4, 5, 9]))
-    x = torch.randn(len(labels), 3, 5, generator=torch.Generator().manual_seed(2)).to(dtype)
+    x = (10 * torch.randn(len(labels), 3, 5, generator=torch.Generator().manual_seed(2))).to(dtype)
     x[3] = 0.0  # a zero row has cosine 0 with everything
     ours = similarity.within_class_cosine(x, torch.tensor(labels))
     oracle = _within_class_oracle(x.double().numpy(), labels)
