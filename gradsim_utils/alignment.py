@@ -16,13 +16,11 @@ more dimensions than there are samples.
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import data, extract, models, similarity, training
 from .cache import cache_key, cached_torch
@@ -258,47 +256,32 @@ def train_aligned(name: str = "tiny-resnet18", *, form: str = "cosine", lam: flo
     train = data.make_benchmark(n_per_class=n_train_per_class, split="train", seed=data_seed, image_size=image_size)
     analysis = data.make_benchmark(n_per_class=n_analysis_per_class, split="analysis", seed=data_seed,
                                    image_size=image_size)
-    recipe = training.RECIPE
     generator = torch.Generator().manual_seed(seed)
-    batch = min(batch_size, len(train.labels))
-    steps = len(train.labels) // batch
+
+    def aligned_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.contiguous()  # see the docstring
+        if lam > 0:
+            grads, logits = extract.input_gradients(model, x, y, create_graph=True)
+            l_grad = gradient_alignment_loss(grads, y, form=form, reduction="mean")
+        else:
+            logits, l_grad = model(x), torch.zeros((), device=x.device)
+        l_cls = F.cross_entropy(logits, y, label_smoothing=training.RECIPE["label_smoothing"])
+        return l_cls + lam * l_grad, torch.stack([l_cls.detach(), l_grad.detach()])
+
     with torch.random.fork_rng(devices=[]), training.cpu_threads():
         torch.manual_seed(seed)
         model = models.build_tiny_resnet(name, len(train.class_names), base_width)
         model = model.to(dev)  # contiguous: see the docstring
-        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe["max_lr"], weight_decay=recipe["weight_decay"])
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe["max_lr"],
-                                                       total_steps=epochs * steps, pct_start=recipe["pct_start"])
-        model.train()
-        start = time.perf_counter()
-        for epoch in range(epochs):
-            order = torch.randperm(len(train.labels), generator=generator)
-            sums = torch.zeros(2)
-            for step in tqdm(range(steps), desc=f"{name} {form} lambda={lam:g} epoch {epoch + 1}/{epochs}",
-                             disable=not progress, leave=False):
-                idx = order[step * batch:(step + 1) * batch]
-                x = training.to_input(train.images[idx], dev).contiguous()
-                y = train.labels[idx].to(dev)
-                if lam > 0:
-                    grads, logits = extract.input_gradients(model, x, y, create_graph=True)
-                    l_grad = gradient_alignment_loss(grads, y, form=form, reduction="mean")
-                else:
-                    logits, l_grad = model(x), torch.zeros((), device=dev)
-                l_cls = F.cross_entropy(logits, y, label_smoothing=recipe["label_smoothing"])
-                loss = l_cls + lam * l_grad
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                sums += torch.stack([l_cls.detach(), l_grad.detach()]).cpu()
-        seconds = time.perf_counter() - start
+        seconds, (cls_loss, grad_loss), _ = training.fit(
+            model, train.images, train.labels, epochs=epochs, batch_size=batch_size, generator=generator,
+            device=dev, desc=f"{name} {form} lambda={lam:g}" if progress else None, step_loss=aligned_step)
         threads = torch.get_num_threads()
         preds = training.evaluate(model, analysis.images, dev)
     metrics = {
         "analysis_accuracy": float((preds == analysis.labels).float().mean()),
         "train_seconds": seconds,
-        "final_cls_loss": float(sums[0] / steps),
-        "final_grad_loss": float(sums[1] / steps),
+        "final_cls_loss": cls_loss,
+        "final_grad_loss": grad_loss,
         "n_train": len(train.labels),
         "threads": threads,
         "class_names": list(train.class_names),

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from torch import nn
 
 from . import data, extract, models, training
 from .cache import cache_key, cached_torch
-from .profiles import get_device, get_profile
+from .profiles import get_device
 
 __all__ = [
     "PATCH_FRACTION", "STRIDE_FRACTION", "Patches", "patch_positions", "extract_patches",
@@ -482,13 +482,12 @@ def _cached_training(key: str, name: str, make_train, evaluation: data.Benchmark
 
     def fit() -> dict:
         train = make_train()
-        schedule = replace(get_profile("quick"), name="rsvc-benchmark", epochs=epochs, batch_size=batch_size)
         generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]), training.cpu_threads():
             torch.manual_seed(seed)
             net = models.build_tiny_resnet(name, n_classes, base_width).to(dev, memory_format=torch.channels_last)
-            seconds, _, _ = training.fit(net, train.images, train.labels, schedule, generator, dev,
-                                          desc=name if progress else None)
+            seconds, _, _ = training.fit(net, train.images, train.labels, epochs=epochs, batch_size=batch_size,
+                                          generator=generator, device=dev, desc=name if progress else None)
             preds = training.evaluate(net, evaluation.images, dev)
         return {"state_dict": {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
                 "accuracy": float((preds == evaluation.labels).float().mean()), "train_seconds": seconds}

@@ -30,7 +30,8 @@ from . import data
 from .cache import cache_key
 from .profiles import TINY_MODELS, Profile, get_device
 
-__all__ = ["CODE_VERSION", "MEAN", "STD", "RECIPE", "benchmark_class_names", "benchmark_fingerprint", "cpu_threads", "fit",
+__all__ = ["CODE_VERSION", "MEAN", "STD", "RECIPE", "benchmark_class_names", "benchmark_fingerprint", "cpu_threads",
+           "cross_entropy_step", "fit",
            "model_cache_key", "confusion_matrix", "evaluate", "to_input", "train_tiny_resnet"]
 
 # Bump when anything below changes the trained weights or the reported metrics.
@@ -153,8 +154,9 @@ def train_tiny_resnet(name: str, profile: Profile, seed: int = 0, device: str | 
         zero_init = resnet_depth(name) >= RECIPE["zero_init_min_depth"]
         model = build_tiny_resnet(name, n_classes, profile.base_width, zero_init_residual=zero_init)
         model = model.to(dev, memory_format=torch.channels_last)
-        seconds, loss, n_seen = fit(model, train.images, train.labels, profile, generator, dev,
-                                     desc=name if progress else None)
+        seconds, (loss,), n_seen = fit(model, train.images, train.labels, epochs=profile.epochs,
+                                       batch_size=profile.batch_size, generator=generator, device=dev,
+                                       desc=name if progress else None)
         preds = evaluate(model, analysis.images, dev)
     confusion = confusion_matrix(analysis.labels, preds, n_classes)
     metrics = {
@@ -172,36 +174,43 @@ def train_tiny_resnet(name: str, profile: Profile, seed: int = 0, device: str | 
     return state, metrics
 
 
-def fit(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, profile: Profile,
-         generator: torch.Generator, device: torch.device, desc: str | None) -> tuple[float, float, int]:
-    """The optimisation loop; returns wall seconds, mean loss of the last epoch, images seen.
+def cross_entropy_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The recipe's loss, label-smoothed cross-entropy, and the terms ``fit`` reports (itself)."""
+    loss = F.cross_entropy(model(x), y, label_smoothing=RECIPE["label_smoothing"])
+    return loss, loss.detach()[None]
 
-    Every epoch draws a fresh permutation and uses its full batches only (BatchNorm dislikes a
-    tiny last batch); the few images left over differ from epoch to epoch.
+
+def fit(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, batch_size: int,
+        generator: torch.Generator, device: torch.device, desc: str | None,
+        step_loss=cross_entropy_step) -> tuple[float, list[float], int]:
+    """The optimisation loop (AdamW + one-cycle, ``RECIPE``); returns wall seconds, the mean of
+    each reported loss term over the last epoch, and the number of images seen.
+
+    ``step_loss(model, x, y) -> (loss, terms)`` gives the loss to minimise for one batch (``x``
+    as ``to_input`` makes it) and a 1-D tensor of terms to report. Every epoch draws a fresh
+    permutation and uses its full batches only (BatchNorm dislikes a tiny last batch); the few
+    images left over differ from epoch to epoch.
     """
-    batch = min(profile.batch_size, len(labels))
+    batch = min(batch_size, len(labels))
     steps = len(labels) // batch
     optimizer = torch.optim.AdamW(model.parameters(), lr=RECIPE["max_lr"],
                                   weight_decay=RECIPE["weight_decay"])
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=RECIPE["max_lr"], total_steps=profile.epochs * steps,
+        optimizer, max_lr=RECIPE["max_lr"], total_steps=epochs * steps,
         pct_start=RECIPE["pct_start"])
     model.train()
     start = time.perf_counter()
-    for epoch in range(profile.epochs):
+    for epoch in range(epochs):
         order = torch.randperm(len(labels), generator=generator)
-        total = torch.zeros(())
-        bar = tqdm(range(steps), desc=f"{desc} epoch {epoch + 1}/{profile.epochs}",
-                   disable=desc is None, leave=False)
+        total = 0
+        bar = tqdm(range(steps), desc=f"{desc} epoch {epoch + 1}/{epochs}", disable=desc is None, leave=False)
         for step in bar:
             idx = order[step * batch:(step + 1) * batch]
-            x = to_input(images[idx], device)
-            loss = F.cross_entropy(model(x), labels[idx].to(device),
-                                   label_smoothing=RECIPE["label_smoothing"])
+            loss, terms = step_loss(model, to_input(images[idx], device), labels[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            total += loss.detach().cpu()
+            total = total + terms.cpu()
         bar.close()
-    return time.perf_counter() - start, float(total / steps), profile.epochs * steps * batch
+    return time.perf_counter() - start, (total / steps).tolist(), epochs * steps * batch
