@@ -142,8 +142,8 @@ def within_class_cosine(x: torch.Tensor, labels: torch.Tensor) -> dict[int, floa
     are copied to the CPU first.
     """
     x = torch.as_tensor(x)
-    if x.ndim < 2:
-        raise ValueError(f"x must have shape (N, ...) with N samples, got shape {tuple(x.shape)}")
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(f"x must have shape (N, ...) with N >= 2 samples, got shape {tuple(x.shape)}")
     x = x.detach().reshape(x.shape[0], -1).cpu()
     labels = _check_labels(labels, x.shape[0]).cpu()
     classes, index, sizes = torch.unique(labels, return_inverse=True, return_counts=True)

@@ -73,6 +73,12 @@ def test_within_class_cosine_rejects_nan_and_inf(bad):
         similarity.within_class_cosine(x, torch.tensor([0, 0, 1, 1]))
 
 
+def test_within_class_cosine_rejects_an_empty_or_flat_x():
+    for x in (torch.empty(0, 3), torch.ones(4)):
+        with pytest.raises(ValueError, match="x must have shape"):
+            similarity.within_class_cosine(x, torch.zeros(len(x), dtype=torch.long))
+
+
 def test_predicted_label_cosine_is_one_for_shared_predictions():
     weights = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
     sims = similarity.predicted_label_cosine(weights, torch.tensor([0, 0, 1, 2]))
