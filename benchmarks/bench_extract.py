@@ -1,6 +1,8 @@
 """Throughput of gradient-weight extraction, ``extract.representations`` at ``layer4``.
 
-Methods, on the same images, model and memory format (channels-last):
+Methods, on the same images, model and memory format (the model is set channels-last here; if
+``extract`` chooses another format for its pass, the model keeps it and every method after the
+warm-up runs in it; the format the timings ran in is recorded):
   (a) inference  plain forward under ``torch.inference_mode``, same batch size;
   (b) ours       ``extract.representations``: logits, probabilities, features, gradient weights;
   (c) loop       the usual per-image way: a forward hook keeps the layer's output, then one
@@ -11,6 +13,9 @@ Requirements: b/a >= 0.8 (gradients cost next to nothing beyond the forward) and
 
 Run: ``python benchmarks/bench_extract.py`` (under 3 minutes on 2 cores); writes
 ``benchmarks/results/extract.json``.
+Tiny setting: ``GRADSIM_BENCH_TINY=1`` shrinks every size (seconds, every code path, for
+tests/test_benchmarks.py) and writes ``extract-tiny.json``; ``GRADSIM_BENCH_RESULTS=DIR`` moves
+the results folder.
 """
 from __future__ import annotations
 
@@ -28,9 +33,11 @@ from torch import nn
 from gradsim_utils import extract
 from gradsim_utils.models import build_tiny_resnet
 
-RESULTS = Path(__file__).resolve().parent / "results" / "extract.json"
+TINY = os.environ.get("GRADSIM_BENCH_TINY", "") not in ("", "0")
+RESULTS = (Path(os.environ.get("GRADSIM_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+           / ("extract-tiny.json" if TINY else "extract.json"))
 LAYER = "layer4"
-BUDGET_S = 120  # no new round once a round would end past this (2 rounds at least)
+BUDGET_S = 0 if TINY else 120  # no new round once a round would end past this (2 rounds at least)
 MIN_ROUNDS, MAX_ROUNDS = 2, 12
 
 SETTINGS = [
@@ -40,6 +47,9 @@ SETTINGS = [
     ("tiny-resnet18 @32", lambda: build_tiny_resnet("tiny-resnet18", num_classes=10), 32, (256, 64),
      (16, 64, 256)),
 ]
+if TINY:  # the same models, fewer and (ResNet-18) smaller images, two batch sizes
+    SETTINGS = [("resnet18 @64", SETTINGS[0][1], 64, (8, 2), (2, 8)),
+                ("tiny-resnet18 @32", SETTINGS[1][1], 32, (8, 2), (2, 8))]
 
 
 def _inference(model: nn.Module, images: torch.Tensor, batch_size: int) -> None:
@@ -105,7 +115,17 @@ def bench_setting(name, build, side, n_images, batch_sizes, deadline) -> dict:
         last = _timed(lambda: rounds.append(_round(model, images, n_loop, jobs)))
     best = {job: max(r[job] for r in rounds) for job in rounds[0]}
     return {"setting": name, "image_side": side, "n_images": n_batched, "n_loop_images": n_loop,
-            "rounds": rounds, "best": best}
+            "memory_format": _memory_format(model), "rounds": rounds, "best": best}
+
+
+def _memory_format(model: nn.Module) -> str:
+    """The format of the model's first convolution weight with a kernel larger than 1 x 1."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and module.weight.shape[-2:].numel() > 1:
+            w = module.weight
+            return "contiguous" if w.is_contiguous() else (
+                "channels_last" if w.is_contiguous(memory_format=torch.channels_last) else "other")
+    return "unknown"
 
 
 def summarise(result: dict) -> dict:
@@ -128,7 +148,7 @@ def summarise(result: dict) -> dict:
 
 def print_table(result: dict, summary: dict) -> None:
     print(f"\n{result['setting']}: {result['n_images']} images, {len(result['rounds'])} rounds, "
-          f"img/s (best round)")
+          f"{result['memory_format']} weights, img/s (best round)")
     print(f"{'method':<10}" + "".join(f"{'bs ' + job.split('@')[1]:>10}" for job in result["best"]
                                       if job.startswith("ours@")))
     for method in ("inference", "ours"):
@@ -158,8 +178,8 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     load = (load_before, os.getloadavg()[0])
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "layer": LAYER, "memory_format": "channels_last", "load_average_1min": load,
-            "seconds": round(time.perf_counter() - start, 1)}
+            "layer": LAYER, "memory_format": sorted({r["memory_format"] for r in results}),
+            "load_average_1min": load, "seconds": round(time.perf_counter() - start, 1)}
     RESULTS.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     if max(load) > (os.cpu_count() or 1):
         print(f"\nnote: load average {max(load):.1f} > {os.cpu_count()} CPUs: other processes "

@@ -12,6 +12,9 @@ each job's best round counts. Requirement: best (a) / best (c) >= 3.
 
 Run: ``python benchmarks/bench_gradcam.py`` (a few minutes on 2 shared cores); writes
 ``benchmarks/results/gradcam.json``.
+Tiny setting: ``GRADSIM_BENCH_TINY=1`` shrinks every size (seconds, every code path, for
+tests/test_benchmarks.py) and writes ``gradcam-tiny.json``; ``GRADSIM_BENCH_RESULTS=DIR`` moves
+the results folder.
 """
 from __future__ import annotations
 
@@ -29,10 +32,13 @@ from pytorch_grad_cam import GradCAM
 
 from gradsim_utils import saliency
 
-RESULTS = Path(__file__).resolve().parent / "results" / "gradcam.json"
-SIDE, N_IMAGES, LAYER = 224, 32, "layer4"
-OURS_BATCHES, GRADCAM_BATCHES = (8, 32), (1, 8, 32)
-BUDGET_S = 300  # no new round once a round would end past this (MIN_ROUNDS at least)
+TINY = os.environ.get("GRADSIM_BENCH_TINY", "") not in ("", "0")
+RESULTS = (Path(os.environ.get("GRADSIM_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+           / ("gradcam-tiny.json" if TINY else "gradcam.json"))
+SIDE, N_IMAGES, LAYER = (64, 4, "layer4") if TINY else (224, 32, "layer4")
+OURS_BATCHES, GRADCAM_BATCHES = ((2, 4), (1, 2, 4)) if TINY else ((8, 32), (1, 8, 32))
+N_CHECK = min(8, N_IMAGES)  # images whose maps are compared with pytorch-grad-cam's
+BUDGET_S = 0 if TINY else 300  # no new round once a round would end past this (MIN_ROUNDS at least)
 MIN_ROUNDS, MAX_ROUNDS = 2, 8
 
 
@@ -66,11 +72,11 @@ def main() -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval().to(memory_format=torch.channels_last)
     images = torch.randn(N_IMAGES, 3, SIDE, SIDE)
-    reference = _grad_cam(model, images[:8], 8)  # also the warm-up of every job's kernels
+    reference = _grad_cam(model, images[:N_CHECK], N_CHECK)  # also the warm-up of every job's kernels
     max_diff = {}
     for job in _jobs():
         if job[0] != "grad-cam":
-            max_diff[job[0]] = float(np.abs(_run(job, model, images[:8]) - reference).max())
+            max_diff[job[0]] = float(np.abs(_run(job, model, images[:N_CHECK]) - reference).max())
     deadline, rounds, last = start + BUDGET_S, [], 0.0
     while len(rounds) < MAX_ROUNDS and (len(rounds) < MIN_ROUNDS or time.perf_counter() + last < deadline):
         t0 = time.perf_counter()

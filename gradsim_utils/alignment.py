@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import data, extract, models, similarity, training
+from . import data, extract, models, provenance, similarity, training
 from .cache import cache_key, cached_torch
-from .profiles import TINY_MODELS, get_device
+from .devices import get_device, place
+from .profiles import TINY_MODELS
 
 __all__ = [
     "FORMS", "CODE_VERSION", "same_class_pairs", "gradient_alignment_loss",
@@ -35,7 +36,7 @@ FORMS = ("euclidean", "cosine")
 REDUCTIONS = ("sum", "mean")
 HVP_METHODS = ("double-backward", "forward-over-reverse")
 # Bump when anything below changes the trained weights or the reported metrics.
-CODE_VERSION = "gradient-alignment-3"  # 3: always one torch thread per core (was load-dependent)
+CODE_VERSION = "gradient-alignment-4"  # 3: one torch thread per core; 4: the machine recorded in the metrics
 
 
 def _check_choice(name: str, value, choices) -> str:
@@ -237,9 +238,9 @@ def train_aligned(name: str = "tiny-resnet18", *, form: str = "cosine", lam: flo
     ``create_graph=True``; ``lam == 0`` skips the double backward, so training times compare.
     ``seed`` sets initialisation and batch order; ``data_seed`` the benchmark images. Returns the
     state dict (CPU) and metrics: analysis accuracy, training seconds, mean L_cls and L_grad of the
-    last epoch. Tensors stay in the contiguous memory format (training.py uses channels-last): with
-    torch 2.14 on CPU, one thread and channels-last, the double backward of a tiny ResNet of base
-    width 4 corrupted the heap ("double free or corruption"); contiguous tensors did not.
+    last epoch. Training runs in the contiguous memory format (``training.fit``,
+    ``devices.memory_format``): with channels-last, the double backward of a tiny ResNet of base width
+    4 corrupted the heap on CPU ("double free or corruption"), the oneDNN bug of DESIGN.md 5b.
     """
     _check_choice("form", form, FORMS)
     if name not in TINY_MODELS:
@@ -258,7 +259,6 @@ def train_aligned(name: str = "tiny-resnet18", *, form: str = "cosine", lam: flo
     generator = torch.Generator().manual_seed(seed)
 
     def aligned_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x.contiguous()  # see the docstring
         if lam > 0:
             grads, logits = extract.input_gradients(model, x, y, create_graph=True)
             l_grad = gradient_alignment_loss(grads, y, form=form, reduction="mean")
@@ -270,11 +270,11 @@ def train_aligned(name: str = "tiny-resnet18", *, form: str = "cosine", lam: flo
     with torch.random.fork_rng(devices=[]), training.cpu_threads():
         torch.manual_seed(seed)
         model = models.build_tiny_resnet(name, len(train.class_names), base_width)
-        model = model.to(dev)  # contiguous: see the docstring
         seconds, (cls_loss, grad_loss), _ = training.fit(
             model, train.images, train.labels, epochs=epochs, batch_size=batch_size, generator=generator,
             device=dev, desc=f"{name} {form} lambda={lam:g}" if progress else None, step_loss=aligned_step)
         threads = torch.get_num_threads()
+        machine = provenance.training_machine(dev)
         preds = training.evaluate(model, analysis.images, dev)
     metrics = {
         "analysis_accuracy": float((preds == analysis.labels).float().mean()),
@@ -284,6 +284,7 @@ def train_aligned(name: str = "tiny-resnet18", *, form: str = "cosine", lam: flo
         "n_train": len(train.labels),
         "threads": threads,
         "class_names": list(train.class_names),
+        "machine": machine,
     }
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     return state, metrics
@@ -317,7 +318,7 @@ def aligned_model(name: str = "tiny-resnet18", *, form: str = "cosine", lam: flo
     model.gradsim_info = models.ModelInfo(
         name, image_size, training.MEAN, training.STD, tuple(metrics["class_names"]),
         weights=f"aligned {form} lambda={lam:g}", analysis_accuracy=float(metrics["analysis_accuracy"]),
-        train_seconds=float(metrics["train_seconds"]))
+        train_seconds=float(metrics["train_seconds"]), machine=metrics["machine"])
     return model.to(dev).eval(), metrics
 
 
@@ -329,9 +330,12 @@ def input_hessian_top_eigenvalue(model: nn.Module, x: torch.Tensor, labels: torc
     one :func:`hvp` per iteration advances the power iteration of every image at once; each block
     is normalised separately. For a ReLU network the block is J^T (diag(p) - p p^T) J (positive
     semi-definite), so the iteration finds its largest eigenvalue. Returns (N,) Rayleigh quotients.
+    The double backward enters every convolution, so the model and ``x`` run contiguous
+    (``devices.place``).
     """
     if not isinstance(iters, int) or iters < 1:
         raise ValueError(f"iters must be an int >= 1, got {iters!r}")
+    x = x.contiguous(memory_format=place(model, x.device, backward_enters_conv=True))
     labels = torch.as_tensor(labels, device=x.device).long()
     gen = torch.Generator().manual_seed(seed)
     v = torch.randn(x.shape, generator=gen).to(x.device, x.dtype)

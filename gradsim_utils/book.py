@@ -4,8 +4,9 @@
 jupytext text notebooks ``notebooks/NN_*.md`` in name order; each is converted to ``.ipynb``
 in the output folder (``book/`` by default) and executed there in place with the profile and
 any ``-p name value`` parameters. The first failing chapter stops the run with an error naming
-the chapter and the failing cell. The wall time of each chapter is written to
-``<output>/_timings.json``.
+the chapter and the failing cell; a chapter whose kernel dies (segfault, out of memory, killed) stops
+it with a short report: the cell, the signal or exit code and what to try. The wall time of each
+chapter is written to ``<output>/_timings.json``.
 
 A chapter whose executed notebook is up to date is not run again: its inputs (the text notebook,
 the parameters and the source of ``gradsim_utils``) are hashed into the executed notebook's
@@ -19,6 +20,7 @@ import argparse
 import ast
 import hashlib
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -27,16 +29,78 @@ from pathlib import Path
 import jupytext
 import nbformat
 import papermill
+from jupyter_client.manager import AsyncKernelManager
+from nbclient.exceptions import DeadKernelError
 from tqdm.auto import tqdm
 
-__all__ = ["ChapterFailed", "chapter_sources", "chapter_inputs_hash", "is_up_to_date", "execute_chapter",
-           "run_chapters", "build_book", "main"]
+__all__ = ["ChapterFailed", "KernelDied", "kernel_died_report", "chapter_sources", "chapter_inputs_hash",
+           "is_up_to_date", "execute_chapter", "run_chapters", "build_book", "main"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ChapterFailed(RuntimeError):
     """A chapter raised while papermill executed it."""
+
+
+class KernelDied(ChapterFailed):
+    """A chapter's kernel died (a signal such as SIGSEGV or SIGKILL, or an exit) while executing it."""
+
+
+class _KernelManager(AsyncKernelManager):
+    """nbclient's default kernel manager that keeps the exit status of the last kernel it cleaned up
+    (``None`` when it was shut down normally), which nbclient's DeadKernelError does not carry."""
+    last_returncode: int | None = None
+
+    async def cleanup_resources(self, restart: bool = False) -> None:
+        process = getattr(self.provisioner, "process", None)   # still set only when the kernel died
+        _KernelManager.last_returncode = None if process is None else process.poll()
+        await super().cleanup_resources(restart)
+
+
+_CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL}
+
+
+def _signal(number: int) -> signal.Signals | None:
+    return signal.Signals(number) if number in signal.valid_signals() else None
+
+
+def kernel_died_report(source: Path, target: Path, parameters: dict, returncode: int | None) -> str:
+    """What ``main`` prints when the kernel of chapter ``source`` died: the cell that was running
+    (from papermill's partly executed notebook ``target``), the signal or exit code, what to try."""
+    cells = nbformat.read(target, as_version=4).cells
+    started = [i for i, cell in enumerate(cells) if cell.metadata.get("papermill", {}).get("start_time")]
+    where = "before its first cell"
+    if started:
+        lines = cells[started[-1]].source.strip().splitlines()
+        where = f"in cell {started[-1]} (starting {lines[0] if lines else ''!r})"
+    sig = None
+    if returncode is None:
+        how = "exit status unknown"
+    elif returncode < 0:
+        sig = _signal(-returncode)
+        how = f"killed by {sig.name if sig else f'signal {-returncode}'}"
+    else:
+        sig = _signal(returncode - 128) if returncode > 128 else None   # a shell's 128 + signal number
+        how = f"exited with code {returncode}" + (f" (128 + {sig.name})" if sig else "")
+    rerun = f"python -m gradsim_utils.book --only {source.stem}"
+    if sig in _CRASH_SIGNALS:
+        hint = ("a crash in native code. In training or any backward pass on CPU this is most likely the "
+                "oneDNN channels_last backward bug (DESIGN.md section 5b): any backward through a convolution "
+                "must run on contiguous tensors. Workaround: rerun with ONEDNN_MAX_CPU_ISA=AVX2 set, e.g. "
+                f"`ONEDNN_MAX_CPU_ISA=AVX2 {rerun}`, and report the CPU (`lscpu | grep 'Model name'`) "
+                "with the chapter and cell.")
+    elif sig == signal.SIGKILL:
+        default = papermill.inspect_notebook(str(target)).get("batch_size", {}).get("default")
+        batch = parameters.get("batch_size", _parse_value(default) if default else None)
+        hint = ("most likely out of memory (Linux's out-of-memory killer sends SIGKILL; `dmesg` shows it): "
+                + (f"lower the chapter's batch size (now {batch}), e.g. `{rerun} -p batch_size "
+                   f"{max(1, batch // 2)}`, or use a smaller profile (`--profile smoke`)."
+                   if isinstance(batch, int) else "use a smaller profile (`--profile smoke`) or more memory."))
+    else:
+        hint = f"rerun the chapter alone (`{rerun}`) and read the kernel's messages above."
+    return (f"the kernel of chapter {source.name} died {where}, {how}.\n"
+            f"What to try: {hint}\nThe partly executed notebook is {target}")
 
 
 def chapter_sources(notebook_dir: Path = REPO_ROOT / "notebooks", only: list[str] | None = None) -> list[Path]:
@@ -99,8 +163,10 @@ def execute_chapter(source: Path, output_dir: Path, parameters: dict, kernel_nam
     try:
         papermill.execute_notebook(
             str(target), str(target), parameters=parameters, kernel_name=kernel_name,
-            cwd=str(output_dir), progress_bar=progress,
+            cwd=str(output_dir), progress_bar=progress, kernel_manager_class=_KernelManager,
         )
+    except DeadKernelError:
+        raise KernelDied(kernel_died_report(source, target, parameters, _KernelManager.last_returncode)) from None
     except papermill.PapermillExecutionError as err:
         first_line = err.source.strip().splitlines()[0] if err.source.strip() else ""
         raise ChapterFailed(
@@ -171,13 +237,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="a papermill parameter for every chapter (repeatable)")
     parser.add_argument("--only", nargs="+", help="run only chapters whose file name starts with these prefixes")
     parser.add_argument("--output-dir", type=Path, default=REPO_ROOT / "book")
+    parser.add_argument("--notebook-dir", type=Path, default=REPO_ROOT / "notebooks",
+                        help="folder of the chapter text notebooks NN_*.md (default: notebooks/)")
     parser.add_argument("--no-build", action="store_true", help="execute the chapters but do not build the site")
     parser.add_argument("--strict", action="store_true", help="treat Sphinx warnings as errors")
     parser.add_argument("--force", action="store_true", help="execute every chapter, even up-to-date ones")
     args = parser.parse_args(argv)
     params = {name: _parse_value(value) for name, value in args.parameter}
     try:
-        run_chapters(args.profile, params, args.output_dir, args.only, force=args.force)
+        run_chapters(args.profile, params, args.output_dir, args.only, args.notebook_dir, force=args.force)
     except ChapterFailed as err:
         print(f"\nERROR: {err}", file=sys.stderr)
         return 1

@@ -23,7 +23,8 @@ import torch
 from PIL import Image
 
 from .cache import atomic_write, cache_dir, cache_key
-from .profiles import Profile, get_device, get_profile
+from .devices import get_device
+from .profiles import Profile, get_profile
 
 __all__ = [
     "ATTRIBUTE_NAMES", "PALETTES", "PATTERNS", "SHAPES", "BASE_CLASSES", "NOVEL_CLASSES",

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from .profiles import get_device
+from .devices import get_device, graph_enters_convolution, place
 
 __all__ = [
     "Representations",
@@ -248,6 +248,19 @@ def _batch_pass(model: nn.Module, tap: LayerTap, x: torch.Tensor, targets: torch
     return out
 
 
+def _backward_enters_conv(model: nn.Module, tap: LayerTap, x: torch.Tensor) -> bool:
+    """Whether differentiating the logits down to ``tap``'s layer runs a convolution's backward,
+    read from the autograd graph of a probe forward of ``x`` (one image). With ``start_graph`` the
+    graph holds only the layers after the hook: avgpool + fc after a ResNet's ``layer4`` (False),
+    ``layer4``'s convolutions after ``layer3`` (True). A layer that did not run gives True; the
+    batch pass then names the error."""
+    tap.reset()
+    logits = model(x)
+    enters = tap.features is None or graph_enters_convolution(logits)
+    tap.reset()
+    return enters
+
+
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
     """Concatenate per-batch tensors into one contiguous CPU tensor."""
     return torch.cat([p.cpu() for p in parts]).contiguous()
@@ -263,7 +276,6 @@ def representations(
     keep_features: bool = True,
     input_gradients: bool = False,
     progress: bool = True,
-    channels_last: bool | None = None,
 ) -> Representations:
     """Logits, probabilities, predictions, ``layer``'s features and gradient weights of ``images``.
 
@@ -272,10 +284,11 @@ def representations(
     ``images``: N x 3 x H x W, uint8 (0-255) or float (0-1) for a model from ``models.load_model``
     (prepared per batch by ``models.prepare_inputs``), prepared float input for a plain module.
     ``targets``: None, one class index for all images, or N indices. The model is moved to
-    ``device`` (``"auto"``: CUDA when present), like ``model.to``, and with ``channels_last``
-    (None: on CPU only, where it was measured faster) its 4-D weights and the inputs take the
-    channels-last memory format (same values). It runs in eval mode with frozen parameters; its
-    train/eval modes, ``requires_grad`` flags and hooks are as before when this returns or raises.
+    ``device`` (``"auto"``: CUDA when present), like ``model.to``, in the memory format of
+    ``devices.place``: channels-last on CPU when the backward stops before any convolution
+    (``layer4`` of a ResNet; decided from the autograd graph of a one-image probe), contiguous
+    otherwise (earlier layers, ``input_gradients``). It runs in eval mode with frozen parameters;
+    its train/eval modes, ``requires_grad`` flags and hooks are as before when this returns or raises.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -286,14 +299,12 @@ def representations(
     targets = _as_targets(targets, n, _num_classes(model))
     dev = get_device(device)
     model.to(dev)
-    if channels_last is None:
-        channels_last = dev.type == "cpu"
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     parts: dict[str, list[torch.Tensor]] = {}
     with torch.inference_mode(False), torch.enable_grad(), _frozen_eval(model), \
             LayerTap(model, layer, start_graph=not input_gradients) as tap:
+        probe = _prepare(model, images[:1], dev)
+        enters_conv = input_gradients or _backward_enters_conv(model, tap, probe)
+        memory_format = place(model, dev, backward_enters_conv=enters_conv)
         for start in tqdm(range(0, n, batch_size), desc=f"extract {layer}", unit="batch",
                           disable=not progress):
             stop = min(start + batch_size, n)
@@ -358,11 +369,13 @@ def input_gradients(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
     gradient when images do not interact (eval mode). In train mode BatchNorm's batch statistics
     couple the images: then g_i also carries the (O(1/N)) effect of x_i on the others' losses.
     ``create_graph=True`` keeps the graph, so a loss of g can be differentiated (double backward).
+    The backward enters every convolution: model and ``x`` run contiguous (``devices.place``).
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2:
         raise ValueError("x must be a prepared float batch (N, ...), e.g. from models.prepare_inputs")
+    fmt = place(model, x.device, backward_enters_conv=True)
     with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
+        x = x.detach().contiguous(memory_format=fmt).requires_grad_(True)
         logits = model(x)
         loss = F.cross_entropy(logits, torch.as_tensor(labels, device=logits.device).long(), reduction="sum")
         (grads,) = torch.autograd.grad(loss, x, create_graph=create_graph)
@@ -384,7 +397,6 @@ def loss_input_gradients(model: nn.Module, images, labels, batch_size: int = 64,
     if labels.shape != (images.shape[0],) or labels.is_floating_point():
         raise ValueError(f"labels must be {images.shape[0]} integer class indices, got shape {tuple(labels.shape)}")
     dev = get_device(device)
-    model.to(dev)
     grads = []
     with torch.inference_mode(False), torch.enable_grad(), _frozen_eval(model):
         for start in tqdm(range(0, images.shape[0], batch_size), desc="input gradients", unit="batch",

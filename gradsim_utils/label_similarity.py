@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .profiles import get_device
+from .devices import get_device, place
 from .stats import Estimate
 
 __all__ = [
@@ -190,7 +190,7 @@ def gap_features(model: nn.Module, images: torch.Tensor, layers: Sequence[str] |
     if images.is_floating_point() and not torch.isfinite(images).all():
         raise ValueError("images contain NaN or Inf")
     dev = get_device(device)
-    model.to(dev)
+    fmt = place(model, dev, backward_enters_conv=False)
     modes = {m: m.training for m in model.modules()}
     parts: dict[str, list[torch.Tensor]] = {}
     try:
@@ -198,7 +198,7 @@ def gap_features(model: nn.Module, images: torch.Tensor, layers: Sequence[str] |
         with torch.inference_mode(), GapStatsHook(model, layers, where, classifier) as hook:
             for start in tqdm(range(0, len(images), batch_size), desc="GAP statistics", unit="batch",
                               disable=not progress):
-                logits = model(_prepare(model, images[start:start + batch_size], dev))
+                logits = model(_prepare(model, images[start:start + batch_size], dev).contiguous(memory_format=fmt))
                 gaps, hidden = hook.collect()
                 for w, g in gaps.items():
                     parts.setdefault(w, []).append(g.cpu())

@@ -29,9 +29,10 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import data, models, training
+from . import data, models, provenance, training
 from .cache import cached_torch, cache_key
-from .profiles import Profile, get_device, get_profile
+from .devices import get_device, place
+from .profiles import Profile, get_profile
 from .sfam import METRICS
 
 __all__ = ["CODE_VERSION", "TRAINING_FIELDS", "MetricConfig", "config_for_profile", "MetricModel", "build_metric_model",
@@ -39,7 +40,8 @@ __all__ = ["CODE_VERSION", "TRAINING_FIELDS", "MetricConfig", "config_for_profil
            "load_metric_model", "FewShotData", "benchmark_novel", "CUB_FILES", "load_cub",
            "write_cub_folder", "cub_fingerprint"]
 
-CODE_VERSION = "metric-learning-1"
+# 2: contiguous training on CPU (devices.memory_format), the machine recorded in the metrics
+CODE_VERSION = "metric-learning-2"
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ class MetricModel(nn.Module):
     """A ResNet trunk (everything before global pooling) with a distance or cosine head.
 
     ``feature_maps(x)`` gives ``A`` (N, C, h, w); ``forward(x)`` the embedding ``p(A)``;
-    ``prepare(images)`` turns uint8 / 0-1 images into the trunk's normalised input.
+    ``prepare(images, memory_format)`` turns uint8 / 0-1 images into the trunk's normalised input.
     """
 
     def __init__(self, backbone: nn.Module, metric: str, image_size: int,
@@ -129,13 +131,14 @@ class MetricModel(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
-    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+    def prepare(self, images: torch.Tensor,
+                memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
         """uint8 (0-255) or float (0-1) images -> normalised float input at ``image_size``."""
         x = models.to_unit_float(images, self.mean.device)
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size,) * 2, mode="bilinear", antialias=True,
                               align_corners=False)
-        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return ((x - self.mean) / self.std).contiguous(memory_format=memory_format)
 
     def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk(x)
@@ -146,9 +149,10 @@ class MetricModel(nn.Module):
     @torch.no_grad()
     def features(self, images: torch.Tensor, batch_size: int = 128, progress: bool = False) -> torch.Tensor:
         """Feature maps ``A`` of every image (one batched pass, eval mode), on the CPU."""
+        fmt = place(self, self.mean.device, backward_enters_conv=False)
         self.eval()
         chunks = range(0, len(images), batch_size)
-        return torch.cat([self.feature_maps(self.prepare(images[i:i + batch_size])).float().cpu()
+        return torch.cat([self.feature_maps(self.prepare(images[i:i + batch_size], fmt)).float().cpu()
                           for i in tqdm(chunks, desc=f"{self.name} features", disable=not progress)])
 
 
@@ -231,15 +235,26 @@ def train_metric_model(model: MetricModel, images: torch.Tensor, labels: torch.T
                        config: MetricConfig, seed: int = 0, device="auto", progress: bool = True) -> dict:
     """Episodic training (``train_way``-way ``train_shot``-shot, ``train_query`` queries per class).
 
-    AdamW with a one-cycle learning rate; the loss is the cross-entropy of the episode's scores
-    (Euclidean: negative squared distances; cosine: ``tau * cos``). Returns training metrics.
+    AdamW with a one-cycle learning rate (``training.one_cycle``); the loss is the cross-entropy of
+    the episode's scores (Euclidean: negative squared distances; cosine: ``tau * cos``), on
+    contiguous tensors (``devices.memory_format``). Any ``train_steps >= 1`` trains; an episode
+    needs ``train_shot + train_query`` images of each class (ValueError otherwise). Returns
+    training metrics.
     """
+    if not isinstance(config.train_steps, int) or config.train_steps < 1:
+        raise ValueError(f"train_steps must be an integer >= 1 to train, got {config.train_steps!r}")
+    classes, counts = torch.as_tensor(labels).unique(return_counts=True)
+    need = config.train_shot + config.train_query
+    if len(classes) < 2 or counts.min() < need:
+        raise ValueError(f"an episode needs two classes with train_shot + train_query = {need} images each; "
+                         f"got {len(classes)} classes, the smallest with {int(counts.min())} images: raise "
+                         "n_train_per_class or lower train_shot / train_query")
     dev = get_device(device)
-    model.to(dev, memory_format=torch.channels_last).train()
+    fmt = place(model, dev, backward_enters_conv=True)
+    model.train()
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=5e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr,
-                                                   total_steps=config.train_steps, pct_start=0.2)
+    schedule = training.one_cycle(optimizer, config.lr, config.train_steps, pct_start=0.2)
     way = min(config.train_way, len(labels.unique()))
     support, query, _ = sample_episodes(labels, config.train_steps, way, config.train_shot,
                                         config.train_query, generator)
@@ -247,7 +262,7 @@ def train_metric_model(model: MetricModel, images: torch.Tensor, labels: torch.T
     start, losses = time.perf_counter(), []
     for step in tqdm(range(config.train_steps), desc=f"{model.metric} {model.name}", disable=not progress):
         idx = torch.cat([support[step].flatten(), query[step].flatten()])
-        emb = model(model.prepare(images[idx]))
+        emb = model(model.prepare(images[idx], fmt))
         prototypes = emb[:support[step].numel()].view(way, config.train_shot, -1).mean(1)
         scores = episode_scores(emb[support[step].numel():], prototypes, model.metric)
         if model.metric == "cosine":
@@ -261,7 +276,8 @@ def train_metric_model(model: MetricModel, images: torch.Tensor, labels: torch.T
     model.eval()
     seconds = time.perf_counter() - start
     return {"train_seconds": seconds, "images_per_second": config.train_steps * len(idx) / seconds,
-            "final_loss": float(np.mean(losses[-10:])), "n_train": len(labels), "steps": config.train_steps}
+            "final_loss": float(np.mean(losses[-10:])), "n_train": len(labels), "steps": config.train_steps,
+            "machine": provenance.training_machine(dev)}
 
 
 def load_metric_model(metric: str, config: MetricConfig, train_data, data_id: str, seed: int = 0,
@@ -276,7 +292,7 @@ def load_metric_model(metric: str, config: MetricConfig, train_data, data_id: st
     dev = get_device(device)
     model = build_metric_model(metric, config, seed)
     if config.train_steps == 0:
-        return model.to(dev).eval(), {"train_seconds": 0.0, "steps": 0, "cached": False}
+        return model.to(dev).eval(), {"train_seconds": 0.0, "steps": 0, "cached": False, "machine": None}
     key = cache_key(step="metric-model", code_version=CODE_VERSION, metric=metric, seed=seed,
                     data=data_id, backbone=config.backbone(metric),
                     **{f: getattr(config, f) for f in TRAINING_FIELDS})

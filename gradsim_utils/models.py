@@ -27,8 +27,9 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from . import data, training
 from .cache import cached_torch
+from .devices import get_device
 from .label_similarity import imagenet_class_indices
-from .profiles import TINY_MODELS, TORCHVISION_MODELS, Profile, get_device, get_profile
+from .profiles import TINY_MODELS, TORCHVISION_MODELS, Profile, get_profile
 
 __all__ = [
     "MODEL_NAMES", "ModelInfo", "WeightsUnavailableError", "TinyResNet", "build_tiny_resnet",
@@ -67,7 +68,8 @@ class ModelInfo:
 
     ``input_size`` is the square side images are resized to; ``mean``/``std`` the per-channel
     normalisation on a 0-1 scale. ``weights`` names the weights (``None``: random).
-    ``analysis_accuracy`` and ``train_seconds`` are set for models trained here.
+    ``analysis_accuracy``, ``train_seconds`` and ``machine`` (``provenance.training_machine``)
+    are set for models trained here.
     """
 
     name: str
@@ -78,6 +80,7 @@ class ModelInfo:
     weights: str | None = None
     analysis_accuracy: float | None = None
     train_seconds: float | None = None
+    machine: dict | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,7 +315,7 @@ def _trained_tiny(name: str, profile: Profile, seed: int, device: torch.device,
     info = ModelInfo(name, profile.image_size, training.MEAN, training.STD,
                      tuple(metrics["class_names"]), weights="trained",
                      analysis_accuracy=float(metrics["analysis_accuracy"]),
-                     train_seconds=float(metrics["train_seconds"]))
+                     train_seconds=float(metrics["train_seconds"]), machine=metrics["machine"])
     return model, info
 
 

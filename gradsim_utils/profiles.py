@@ -1,4 +1,4 @@
-"""Run profiles (DESIGN.md section 3) and device selection.
+"""Run profiles (DESIGN.md section 3).
 
 A profile fixes everything a chapter needs to know about scale: which data, which models, how
 large. Chapters take ``profile`` as a papermill parameter and read the rest from here; any field
@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-import torch
-
-__all__ = ["Profile", "PROFILES", "get_profile", "get_device"]
+__all__ = ["Profile", "PROFILES", "get_profile"]
 
 TINY_MODELS = tuple(f"tiny-resnet{d}" for d in (18, 34, 50, 101, 152))
 TORCHVISION_MODELS = tuple(f"resnet{d}" for d in (18, 34, 50, 101, 152))
@@ -69,12 +67,3 @@ def get_profile(name: str = "quick", **overrides) -> Profile:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
     return replace(PROFILES[name], **overrides)
 
-
-def get_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` gives CUDA when present, else CPU; any other value is passed to torch."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} requested but CUDA is not available")
-    return dev

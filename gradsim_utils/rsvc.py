@@ -32,9 +32,9 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from . import data, extract, models, training
+from . import data, extract, models, provenance, training
 from .cache import cache_key, cached_torch
-from .profiles import get_device
+from .devices import get_device, place
 
 __all__ = [
     "PATCH_FRACTION", "STRIDE_FRACTION", "Patches", "patch_positions", "extract_patches",
@@ -46,7 +46,7 @@ __all__ = [
 
 PATCH_FRACTION = 64 / 224   # reference: 64 px patches on 224 px images
 STRIDE_FRACTION = 51 / 224  # reference: stride 51 px
-CODE_VERSION = "rsvc-1"
+CODE_VERSION = "rsvc-2"  # 2: contiguous training on CPU (devices.memory_format), the machine recorded
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,9 +119,8 @@ def layer_activations(model: nn.Module, images: torch.Tensor, layers, batch_size
     if not layers:
         raise ValueError("layers must name at least one layer")
     dev = get_device(device)
-    model.to(dev).eval()
-    memory_format = torch.channels_last if dev.type == "cpu" else torch.contiguous_format  # as extract.py
-    model.to(memory_format=memory_format)
+    memory_format = place(model, dev, backward_enters_conv=False)
+    model.eval()
     out: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
     from tqdm.auto import tqdm
     with ExitStack() as stack:
@@ -485,12 +484,14 @@ def _cached_training(key: str, name: str, make_train, evaluation: data.Benchmark
         generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]), training.cpu_threads():
             torch.manual_seed(seed)
-            net = models.build_tiny_resnet(name, n_classes, base_width).to(dev, memory_format=torch.channels_last)
+            net = models.build_tiny_resnet(name, n_classes, base_width)
             seconds, _, _ = training.fit(net, train.images, train.labels, epochs=epochs, batch_size=batch_size,
                                           generator=generator, device=dev, desc=name if progress else None)
             preds = training.evaluate(net, evaluation.images, dev)
+            machine = provenance.training_machine(dev)
         return {"state_dict": {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
-                "accuracy": float((preds == evaluation.labels).float().mean()), "train_seconds": seconds}
+                "accuracy": float((preds == evaluation.labels).float().mean()), "train_seconds": seconds,
+                "machine": machine}
 
     entry = cached_torch("models", key, fit)
     net = models.build_tiny_resnet(name, n_classes, base_width)
@@ -499,7 +500,7 @@ def _cached_training(key: str, name: str, make_train, evaluation: data.Benchmark
     net.gradsim_info = models.ModelInfo(name, evaluation.images.shape[-1], training.MEAN, training.STD,
                                         tuple(evaluation.class_names), weights="trained",
                                         analysis_accuracy=float(entry["accuracy"]),
-                                        train_seconds=float(entry["train_seconds"]))
+                                        train_seconds=float(entry["train_seconds"]), machine=entry["machine"])
     return net
 
 

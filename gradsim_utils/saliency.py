@@ -42,8 +42,8 @@ from tqdm.auto import tqdm
 
 from . import extract
 from .cache import cache_key, cached_torch
+from .devices import get_device, place
 from .models import TinyResNet
-from .profiles import get_device
 from .stats import Estimate
 
 __all__ = ["KLD_EPS", "cc", "sim", "kld", "binarise_top", "auc", "pair_auc", "pair_metrics",
@@ -373,10 +373,10 @@ def _cams_forward(model: nn.Module, x: torch.Tensor, layer: str, targets: torch.
 
 
 def _cams_backward(model: nn.Module, x: torch.Tensor, layer: str, targets: torch.Tensor | None,
-                   device: torch.device, channels_last: bool):
+                   device: torch.device):
     """ReLU(sum_k w_k F_k) with w from ``extract.representations`` (one backward per batch)."""
     reps = extract.representations(model, x, layer=layer, batch_size=len(x), targets=targets, device=device,
-                                   progress=False, channels_last=channels_last)
+                                   progress=False)
     cams = torch.einsum("nk,nkhw->nhw", reps.grad_weights, reps.features).relu()
     return cams, reps.targets, reps.logits
 
@@ -417,19 +417,18 @@ def gradcam(model: nn.Module, images, layer: str = "layer4", targets=None, batch
     targets = extract._as_targets(targets, n, extract._num_classes(model))
     dev = get_device(device)
     model.to(dev)
-    channels_last = dev.type == "cpu"
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    forward_only = method in ("identity", "uniform")
+    if forward_only:
+        fmt = place(model, dev, backward_enters_conv=False)
     maps, cs, logits = [], [], []
     with extract._frozen_eval(model):
         for start in tqdm(range(0, n, batch_size), desc=f"Grad-CAM {layer}", unit="batch", disable=not progress):
             t = None if targets is None else targets[start:start + batch_size]
-            if method in ("identity", "uniform"):
+            if forward_only:
                 x = extract._prepare(model, images[start:start + batch_size], dev).contiguous(memory_format=fmt)
                 cams, c, y = _cams_forward(model, x, layer, t, uniform=method == "uniform")
             else:
-                cams, c, y = _cams_backward(model, images[start:start + batch_size], layer, t, dev, channels_last)
+                cams, c, y = _cams_backward(model, images[start:start + batch_size], layer, t, dev)
             cams = (_scale_like_gradcam(cams, size) if normalise == "gradcam"
                     else F.interpolate(cams[:, None], size=size, mode="bilinear", align_corners=False)[:, 0])
             maps.append(cams.cpu())

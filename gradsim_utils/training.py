@@ -1,7 +1,8 @@
 """Training of the tiny ResNets on the controlled benchmark (DESIGN.md sections 3-5).
 
 One recipe for every depth: AdamW with a one-cycle learning rate and label smoothing, on
-channels-last tensors, with torchvision's initialisation. No augmentation: the benchmark already
+contiguous tensors (``devices.memory_format``: channels-last training hits a oneDNN bug on CPUs),
+with torchvision's initialisation. No augmentation: the benchmark already
 varies position, scale, rotation, colour and clutter, and fresh images are cheap to render.
 Evaluation uses the analysis split, which training never sees.
 
@@ -26,16 +27,18 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import data
+from . import data, provenance
 from .cache import cache_key
-from .profiles import TINY_MODELS, Profile, get_device
+from .devices import get_device, place
+from .profiles import TINY_MODELS, Profile
 
 __all__ = ["CODE_VERSION", "MEAN", "STD", "RECIPE", "benchmark_class_names", "benchmark_fingerprint", "cpu_threads",
-           "cross_entropy_step", "fit",
+           "check_batches", "cross_entropy_step", "fit", "one_cycle",
            "model_cache_key", "confusion_matrix", "evaluate", "to_input", "train_tiny_resnet"]
 
 # Bump when anything below changes the trained weights or the reported metrics.
-CODE_VERSION = "tiny-resnet-training-1"
+# 2: contiguous training on CPU (devices.memory_format), the machine recorded in the metrics
+CODE_VERSION = "tiny-resnet-training-2"
 
 # Per-channel normalisation of benchmark pixels (0-1 scale): their mean and standard deviation,
 # rounded, as measured on the train split (0.51/0.49/0.48 and 0.21/0.19/0.19).
@@ -107,19 +110,21 @@ def cpu_threads(n: int | None = None):
         torch.set_num_threads(before)
 
 
-def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 benchmark images -> normalised float32 model input (channels-last) on ``device``."""
+def to_input(images: torch.Tensor, device: torch.device,
+             memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """uint8 benchmark images -> normalised float32 model input on ``device`` in ``memory_format``."""
     x = images.to(device).float().div_(255)
     mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+    return ((x - mean) / std).contiguous(memory_format=memory_format)
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Predicted labels of ``images`` (uint8, N x 3 x H x W), batched, in eval mode."""
+    fmt = place(model, device, backward_enters_conv=False)
     model.eval()
-    preds = [model(to_input(images[i:i + EVAL_BATCH], device)).argmax(1).cpu()
+    preds = [model(to_input(images[i:i + EVAL_BATCH], device, fmt)).argmax(1).cpu()
              for i in range(0, len(images), EVAL_BATCH)]
     return torch.cat(preds)
 
@@ -136,7 +141,8 @@ def train_tiny_resnet(name: str, profile: Profile, seed: int = 0, device: str | 
 
     Returns the state dict (on the CPU) and metrics: analysis accuracy (overall and per class),
     the confusion matrix, training seconds (optimisation only), images per second, the number of
-    training images and epochs, the final training loss and the class names.
+    training images and epochs, the final training loss, the class names and the machine
+    (``provenance.training_machine``: float results differ between CPUs in the last digits).
     """
     from .models import build_tiny_resnet, resnet_depth  # models imports this module
 
@@ -153,11 +159,11 @@ def train_tiny_resnet(name: str, profile: Profile, seed: int = 0, device: str | 
         torch.manual_seed(seed)
         zero_init = resnet_depth(name) >= RECIPE["zero_init_min_depth"]
         model = build_tiny_resnet(name, n_classes, profile.base_width, zero_init_residual=zero_init)
-        model = model.to(dev, memory_format=torch.channels_last)
         seconds, (loss,), n_seen = fit(model, train.images, train.labels, epochs=profile.epochs,
                                        batch_size=profile.batch_size, generator=generator, device=dev,
                                        desc=name if progress else None)
         preds = evaluate(model, analysis.images, dev)
+        machine = provenance.training_machine(dev)
     confusion = confusion_matrix(analysis.labels, preds, n_classes)
     metrics = {
         "analysis_accuracy": float(confusion.diag().sum() / confusion.sum()),
@@ -169,6 +175,7 @@ def train_tiny_resnet(name: str, profile: Profile, seed: int = 0, device: str | 
         "epochs": profile.epochs,
         "final_train_loss": loss,
         "class_names": list(train.class_names),
+        "machine": machine,
     }
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     return state, metrics
@@ -180,6 +187,36 @@ def cross_entropy_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor)
     return loss, loss.detach()[None]
 
 
+def check_batches(n_images: int, batch_size: int, epochs: int) -> None:
+    """ValueError naming the parameter unless ``n_images`` fill at least one batch of ``batch_size``
+    (>= 2: BatchNorm needs two values per channel) and ``epochs`` >= 1."""
+    if not isinstance(batch_size, int) or batch_size < 2:
+        raise ValueError(f"batch_size must be an integer >= 2 (BatchNorm's batch statistics), got {batch_size!r}")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if n_images < batch_size:
+        raise ValueError(f"{n_images} training images do not fill one batch (batch_size={batch_size}): "
+                         "raise n_train_per_class or lower batch_size")
+
+
+def one_cycle(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int,
+              pct_start: float) -> torch.optim.lr_scheduler.LRScheduler:
+    """torch's one-cycle schedule (OneCycleLR's defaults) for any ``total_steps >= 1``.
+
+    OneCycleLR's warm-up ends at step ``pct_start * total_steps - 1`` and it divides by that
+    length (ZeroDivisionError when it is 0). A warm-up shorter than two steps is therefore dropped:
+    the learning rate starts at ``max_lr`` and anneals (cosine) to OneCycleLR's final value.
+    """
+    if not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps must be an integer >= 1, got {total_steps!r}")
+    if pct_start * total_steps >= 2:
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps,
+                                                   pct_start=pct_start)
+    for group in optimizer.param_groups:
+        group["lr"] = max_lr
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=max_lr / (25 * 1e4))
+
+
 def fit(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, batch_size: int,
         generator: torch.Generator, device: torch.device, desc: str | None,
         step_loss=cross_entropy_step) -> tuple[float, list[float], int]:
@@ -189,15 +226,17 @@ def fit(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, e
     ``step_loss(model, x, y) -> (loss, terms)`` gives the loss to minimise for one batch (``x``
     as ``to_input`` makes it) and a 1-D tensor of terms to report. Every epoch draws a fresh
     permutation and uses its full batches only (BatchNorm dislikes a tiny last batch); the few
-    images left over differ from epoch to epoch.
+    images left over differ from epoch to epoch; fewer images than one batch is a ValueError
+    (:func:`check_batches`). The model trains in ``devices.memory_format`` for a backward through
+    convolutions (contiguous).
     """
-    batch = min(batch_size, len(labels))
+    check_batches(len(labels), batch_size, epochs)
+    batch = batch_size
     steps = len(labels) // batch
     optimizer = torch.optim.AdamW(model.parameters(), lr=RECIPE["max_lr"],
                                   weight_decay=RECIPE["weight_decay"])
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=RECIPE["max_lr"], total_steps=epochs * steps,
-        pct_start=RECIPE["pct_start"])
+    schedule = one_cycle(optimizer, RECIPE["max_lr"], epochs * steps, RECIPE["pct_start"])
+    fmt = place(model, device, backward_enters_conv=True)
     model.train()
     start = time.perf_counter()
     for epoch in range(epochs):
@@ -206,7 +245,7 @@ def fit(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, e
         bar = tqdm(range(steps), desc=f"{desc} epoch {epoch + 1}/{epochs}", disable=desc is None, leave=False)
         for step in bar:
             idx = order[step * batch:(step + 1) * batch]
-            loss, terms = step_loss(model, to_input(images[idx], device), labels[idx].to(device))
+            loss, terms = step_loss(model, to_input(images[idx], device, fmt), labels[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

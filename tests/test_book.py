@@ -7,6 +7,8 @@ import http.server
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -98,13 +100,60 @@ def test_failing_chapter_names_chapter_and_cell(tmp_path):
     assert not (tmp_path / "out" / "02_never.ipynb").exists()
 
 
-def _write_chapter(path: Path, body: str, front: str = "") -> None:
+def _write_chapter(path: Path, body: str, front: str = "", parameters: str = "value = 1") -> None:
     path.write_text(
         "---\njupytext:\n  text_representation:\n    extension: .md\n    format_name: myst\n"
         "kernelspec:\n  display_name: Python 3\n  language: python\n  name: python3\n" + front + "---\n\n"
-        "# T\n\n```{code-cell} ipython3\n:tags: [parameters]\nprofile = 'quick'\nvalue = 1\n```\n\n"
+        f"# T\n\n```{{code-cell}} ipython3\n:tags: [parameters]\nprofile = 'quick'\n{parameters}\n```\n\n"
         f"```{{code-cell}} ipython3\n{body}\n```\n"
     )
+
+
+def _kernel_killing_chapters(notebooks: Path, signal_name: str) -> None:
+    """01_crash.md kills its own kernel with ``signal_name`` in cell 3 (after the title, the parameters
+    cell and papermill's injected one); 02_never.md must not run after it."""
+    notebooks.mkdir()
+    _write_chapter(notebooks / "01_crash.md", f"import os, signal  # die\nos.kill(os.getpid(), signal.{signal_name})",
+                   parameters="batch_size = 32")
+    _write_chapter(notebooks / "02_never.md", "print('never')")
+
+
+def test_segfaulting_kernel_is_a_short_report_without_traceback(tmp_path):
+    """``python -m gradsim_utils.book`` (what ``make book`` runs) on a chapter whose kernel segfaults."""
+    _kernel_killing_chapters(tmp_path / "notebooks", "SIGSEGV")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "gradsim_utils.book", "--profile", "smoke", "--notebook-dir", str(tmp_path / "notebooks"),
+         "--output-dir", str(out), "--no-build"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stdout + proc.stderr
+    report = proc.stderr[proc.stderr.index("ERROR: "):]
+    assert "chapter 01_crash.md died in cell 3 (starting 'import os, signal  # die')" in report
+    assert "killed by SIGSEGV" in report
+    assert "oneDNN channels_last" in report and "DESIGN.md section 5b" in report
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in report and "report the CPU" in report
+    assert f"The partly executed notebook is {out / '01_crash.ipynb'}" in report
+    assert (out / "01_crash.ipynb").is_file() and not (out / "02_never.ipynb").exists()
+    assert len(report.strip().splitlines()) == 3, report
+
+
+@pytest.mark.parametrize("kill", ["SIGKILL", "exit 137"])
+def test_killed_kernel_suggests_a_smaller_batch_size(tmp_path, capsys, kill):
+    """SIGKILL (the out-of-memory killer) or exit code 137 points at the chapter's batch size."""
+    notebooks = tmp_path / "notebooks"
+    _kernel_killing_chapters(notebooks, "SIGKILL")
+    if kill == "exit 137":
+        _write_chapter(notebooks / "01_crash.md", "import os, signal  # die\nos._exit(137)", parameters="batch_size = 32")
+    code = book.main(["--profile", "smoke", "--notebook-dir", str(notebooks), "--output-dir", str(tmp_path / "out"),
+                      "--no-build", "-p", "batch_size", "24"])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err
+    assert "chapter 01_crash.md died in cell 3 (starting 'import os, signal  # die')" in err
+    assert ("killed by SIGKILL" if kill == "SIGKILL" else "exited with code 137 (128 + SIGKILL)") in err
+    assert "most likely out of memory" in err
+    assert "lower the chapter's batch size (now 24)" in err
+    assert "python -m gradsim_utils.book --only 01_crash -p batch_size 12" in err
+    assert "oneDNN" not in err
 
 
 def test_up_to_date_chapters_are_skipped_and_changes_rerun_them(tmp_path):

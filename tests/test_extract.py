@@ -93,15 +93,19 @@ def _spread(w: torch.Tensor) -> float:
 
 
 
-@pytest.mark.parametrize("arch,layer,channels_last", [
-    ("resnet18", "layer4", True), ("resnet18", "layer3", True), ("resnet18", "layer3", False),
-    ("resnet18", "layer4.1.conv2", True), ("resnet50", "layer4", True),
-    ("resnet50", "layer3", True), ("resnet50", "layer3", False), ("resnet50", "layer4.2.conv3", True),
+@pytest.mark.parametrize("arch,layer,enters_conv", [
+    ("resnet18", "layer4", False), ("resnet18", "layer3", True), ("resnet18", "layer4.1.conv2", False),
+    ("resnet50", "layer4", False), ("resnet50", "layer3", True), ("resnet50", "layer4.2.conv3", False),
 ])
-def test_batched_equals_per_image_loop(request, images, arch, layer, channels_last):
-    model = request.getfixturevalue(arch)
-    reps = extract.representations(model, images, layer=layer, batch_size=3, targets=TARGETS,
-                                   progress=False, channels_last=channels_last)
+def test_batched_equals_per_image_loop(request, images, arch, layer, enters_conv):
+    """In float64 on both sides: in float32, the rounding of one memory format or batch size can
+    flip a ReLU whose input is ~1e-6 (seen at layer3 of this random ResNet-50, contiguous, batch 3:
+    the gradient weights then move by 0.8 %), which says nothing about batching."""
+    model = copy.deepcopy(request.getfixturevalue(arch)).double()
+    reps = extract.representations(model, images.double(), layer=layer, batch_size=3, targets=TARGETS,
+                                   progress=False)
+    # DESIGN.md 5b: channels-last (on CPU) only when the backward stops before every convolution
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last) is not enters_conv
     oracle = _loop_grad_weights(model, images, layer, TARGETS)
     assert reps.grad_weights.shape == oracle.shape and oracle.shape[0] == N
     assert _close(reps.grad_weights, oracle)
@@ -306,7 +310,8 @@ def test_gradsim_model_inputs_go_through_prepare_inputs(monkeypatch, resnet18):
         name="resnet18-random", class_names=[f"c{i}" for i in range(1000)]), raising=False)
     raw = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     reps = extract.representations(resnet18, raw, batch_size=2, progress=False)
-    assert calls == [2, 2, 1] and reps.model_name == "resnet18-random"
+    # first the one-image probe that decides the memory format, then the batches
+    assert calls == [1, 2, 2, 1] and reps.model_name == "resnet18-random"
     monkeypatch.delattr(resnet18, "gradsim_info")
     plain = extract.representations(resnet18, prepare_inputs(None, raw), progress=False)
     assert (reps.logits - plain.logits).abs().max() < TOL
