@@ -11,25 +11,21 @@ raises the ratio; the thread count and load average are recorded).
 
 Run: ``python benchmarks/bench_alignment.py`` (about a minute on 2 cores); writes
 ``benchmarks/results/alignment.json``.
-Tiny setting: ``GRADSIM_BENCH_TINY=1`` shrinks every size (seconds, every code path, for
-tests/test_benchmarks.py) and writes ``alignment-tiny.json``; ``GRADSIM_BENCH_RESULTS=DIR`` moves
-the results folder.
-"""
+Tiny setting and results folder: ``_settings.py``."""
 from __future__ import annotations
 
 import json
 import os
 import platform
 import time
-from pathlib import Path
 
 import torch
 
 from gradsim_utils import alignment, training
 
-TINY = os.environ.get("GRADSIM_BENCH_TINY", "") not in ("", "0")
-RESULTS = (Path(os.environ.get("GRADSIM_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
-           / ("alignment-tiny.json" if TINY else "alignment.json"))
+from _settings import TINY, results_path
+
+RESULTS = results_path("alignment")
 N, SHAPE, CLASSES, ROUNDS = (24, (3, 8, 8), 4, 2) if TINY else (128, (3, 32, 32), 10, 3)
 REQUIRED_RATIO = 20.0
 

@@ -23,26 +23,22 @@ checked equal (1e-9).
 
 Run: ``python benchmarks/bench_cosine.py`` (about 30 s on 2 quiet cores); writes
 ``benchmarks/results/cosine.json``.
-Tiny setting: ``GRADSIM_BENCH_TINY=1`` shrinks every size (seconds, every code path, for
-tests/test_benchmarks.py; the equality check still applies, the ratio requirement does not) and
-writes ``cosine-tiny.json``; ``GRADSIM_BENCH_RESULTS=DIR`` moves the results folder.
-"""
+Tiny setting (the equality check still applies, the ratio requirement does not) and results folder: ``_settings.py``."""
 from __future__ import annotations
 
 import json
 import os
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from gradsim_utils import similarity
 
-TINY = os.environ.get("GRADSIM_BENCH_TINY", "") not in ("", "0")
-RESULTS = (Path(os.environ.get("GRADSIM_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
-           / ("cosine-tiny.json" if TINY else "cosine.json"))
+from _settings import TINY, results_path
+
+RESULTS = results_path("cosine")
 N_CLASSES, PER_CLASS = (3, 6) if TINY else (10, 100)
 SETTINGS = {"quick": {"GW": 256, "P": 10, "FM": 512 * 4 * 4},
             "resnet18": {"GW": 512, "P": 1000, "FM": 512 * 7 * 7}}

@@ -13,10 +13,7 @@ Requirements: b/a >= 0.8 (gradients cost next to nothing beyond the forward) and
 
 Run: ``python benchmarks/bench_extract.py`` (under 3 minutes on 2 cores); writes
 ``benchmarks/results/extract.json``.
-Tiny setting: ``GRADSIM_BENCH_TINY=1`` shrinks every size (seconds, every code path, for
-tests/test_benchmarks.py) and writes ``extract-tiny.json``; ``GRADSIM_BENCH_RESULTS=DIR`` moves
-the results folder.
-"""
+Tiny setting and results folder: ``_settings.py``."""
 from __future__ import annotations
 
 import json
@@ -24,7 +21,6 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torchvision
@@ -33,9 +29,9 @@ from torch import nn
 from gradsim_utils import extract
 from gradsim_utils.models import build_tiny_resnet
 
-TINY = os.environ.get("GRADSIM_BENCH_TINY", "") not in ("", "0")
-RESULTS = (Path(os.environ.get("GRADSIM_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
-           / ("extract-tiny.json" if TINY else "extract.json"))
+from _settings import TINY, results_path
+
+RESULTS = results_path("extract")
 LAYER = "layer4"
 BUDGET_S = 0 if TINY else 120  # no new round once a round would end past this (2 rounds at least)
 MIN_ROUNDS, MAX_ROUNDS = 2, 12

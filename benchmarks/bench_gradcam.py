@@ -12,10 +12,7 @@ each job's best round counts. Requirement: best (a) / best (c) >= 3.
 
 Run: ``python benchmarks/bench_gradcam.py`` (a few minutes on 2 shared cores); writes
 ``benchmarks/results/gradcam.json``.
-Tiny setting: ``GRADSIM_BENCH_TINY=1`` shrinks every size (seconds, every code path, for
-tests/test_benchmarks.py) and writes ``gradcam-tiny.json``; ``GRADSIM_BENCH_RESULTS=DIR`` moves
-the results folder.
-"""
+Tiny setting and results folder: ``_settings.py``."""
 from __future__ import annotations
 
 import json
@@ -23,7 +20,6 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,9 +28,9 @@ from pytorch_grad_cam import GradCAM
 
 from gradsim_utils import saliency
 
-TINY = os.environ.get("GRADSIM_BENCH_TINY", "") not in ("", "0")
-RESULTS = (Path(os.environ.get("GRADSIM_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
-           / ("gradcam-tiny.json" if TINY else "gradcam.json"))
+from _settings import TINY, results_path
+
+RESULTS = results_path("gradcam")
 SIDE, N_IMAGES, LAYER = (64, 4, "layer4") if TINY else (224, 32, "layer4")
 OURS_BATCHES, GRADCAM_BATCHES = ((2, 4), (1, 2, 4)) if TINY else ((8, 32), (1, 8, 32))
 N_CHECK = min(8, N_IMAGES)  # images whose maps are compared with pytorch-grad-cam's

@@ -14,10 +14,7 @@ larger of the two measures) / the memory of all features at float32.
 
 Run: ``python benchmarks/bench_label_similarity.py`` (about a minute on 2 cores); writes
 ``benchmarks/results/label_similarity.json``.
-Tiny setting: ``GRADSIM_BENCH_TINY=1`` shrinks every size (seconds, every code path, for
-tests/test_benchmarks.py) and writes ``label_similarity-tiny.json``; ``GRADSIM_BENCH_RESULTS=DIR``
-moves the results folder.
-"""
+Tiny setting and results folder: ``_settings.py``."""
 from __future__ import annotations
 
 import json
@@ -26,16 +23,15 @@ import platform
 import resource
 import time
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from gradsim_utils import label_similarity as ls
 
-TINY = os.environ.get("GRADSIM_BENCH_TINY", "") not in ("", "0")
-RESULTS = (Path(os.environ.get("GRADSIM_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
-           / ("label_similarity-tiny.json" if TINY else "label_similarity.json"))
+from _settings import TINY, results_path
+
+RESULTS = results_path("label_similarity")
 N_IMAGES, N_CHANNELS, N_CLASSES, CHUNK = (600, 256, 20, 200) if TINY else (50_000, 7_616, 1_000, 1_000)
 GIB = 2 ** 30
 

@@ -12,10 +12,7 @@ counts. Checked: (b)'s SFAM maps equal (c)'s. Requirements: b/a >= 0.8, b/c >= 5
 
 Run: ``python benchmarks/bench_sfam.py`` (about a minute on 2 cores); writes
 ``benchmarks/results/sfam.json``.
-Tiny setting: ``GRADSIM_BENCH_TINY=1`` shrinks every size (seconds, every code path, for
-tests/test_benchmarks.py) and writes ``sfam-tiny.json``; ``GRADSIM_BENCH_RESULTS=DIR`` moves the
-results folder.
-"""
+Tiny setting and results folder: ``_settings.py``."""
 from __future__ import annotations
 
 import json
@@ -23,15 +20,14 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from gradsim_utils import metric_learning as ml, sfam
 
-TINY = os.environ.get("GRADSIM_BENCH_TINY", "") not in ("", "0")
-RESULTS = (Path(os.environ.get("GRADSIM_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
-           / ("sfam-tiny.json" if TINY else "sfam.json"))
+from _settings import TINY, results_path
+
+RESULTS = results_path("sfam")
 N_PAIRS, IMAGE_SIZE = (4, 64) if TINY else (64, 64)
 BUDGET_S = 0 if TINY else 60
 MIN_ROUNDS, MAX_ROUNDS = 2, 8

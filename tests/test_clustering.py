@@ -3,7 +3,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
 
 from gradsim_utils import clustering

@@ -1,6 +1,5 @@
 """Data: controlled benchmark, diffusion generation, image folders, per-profile loading."""
 import hashlib
-import itertools
 import json
 import time
 
