@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from gradsim_utils import book, cache, profiles
+from gradsim_utils import book, cache, devices, profiles
 
 
 def test_cache_dir_follows_environment(tmp_path, monkeypatch):
@@ -54,12 +54,12 @@ def test_unknown_profile_and_overrides():
 
 
 def test_device_selection():
-    assert profiles.get_device("cpu") == torch.device("cpu")
+    assert devices.get_device("cpu") == torch.device("cpu")
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert profiles.get_device("auto").type == expected
+    assert devices.get_device("auto").type == expected
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
-            profiles.get_device("cuda")
+            devices.get_device("cuda")
 
 
 def test_runner_parses_parameter_values():
