@@ -31,7 +31,7 @@ import torchvision
 from torch import nn
 
 from gradsim_utils import extract
-from gradsim_utils.models import build_tiny_resnet
+from gradsim_utils.nets import build_tiny_resnet
 
 TINY = os.environ.get("GRADSIM_BENCH_TINY", "") not in ("", "0")
 RESULTS = (Path(os.environ.get("GRADSIM_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
