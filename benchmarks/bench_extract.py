@@ -27,7 +27,7 @@ import torchvision
 from torch import nn
 
 from gradsim_utils import extract
-from gradsim_utils.models import build_tiny_resnet
+from gradsim_utils.nets import build_tiny_resnet
 
 from _settings import TINY, results_path
 

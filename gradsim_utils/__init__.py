@@ -1,19 +1,27 @@
 """gradsim_utils: the small package every chapter of the gradsim book imports.
 
-Modules, one concern each: ``profiles`` (scale settings), ``devices`` (device and memory
-format), ``cache`` (content-addressed disk cache), ``data`` (controlled benchmark, diffusion images, image folders), ``models`` and
-``training`` (torchvision, tiny and EfficientNet-Lite0 models), ``extract`` (one batched pass:
-logits, features, gradient weights), ``similarity`` (cosine tables), ``clustering`` (K-means,
-GMM, scores), ``saliency`` (Grad-CAM maps and map metrics), ``localisation`` (boxes, IoU,
-pointing game), ``label_similarity`` (seed 002), ``rsvc`` (seed 003), ``metric_learning`` and
-``sfam`` (seed 004), ``alignment`` (seed 001's gradient-alignment loss, HVP, mutual information),
-``stats`` (bootstrap intervals), ``plotting``, ``report`` (glued numbers, recorded claims) and
-``provenance`` (commit, versions, machine), ``book`` (papermill + jupyter-book runner).
+Modules, one concern each, in the layers of DESIGN.md section 11 (each imports only its own layer or
+lower ones, without a circle; ``tests/test_layers.py`` checks it):
+
+1. ``profiles`` (scale settings), ``cache`` (content-addressed disk cache), ``stats`` (bootstrap
+   intervals), ``devices`` (device and memory format), ``provenance`` (commit, versions, machine),
+   and the leaves ``plotting``, ``report`` (glued numbers, recorded claims) and ``book``
+   (papermill + jupyter-book runner);
+2. ``data`` (controlled benchmark with its class names and normalisation, diffusion images, image
+   folders), ``nets`` (what a model is: ResNet layout, tiny ResNets, ``ModelInfo``, input
+   preparation);
+3. ``training`` (tiny ResNets on the benchmark), ``models`` (torchvision, tiny and EfficientNet-Lite0
+   models by name; class names to model outputs), ``extract`` (one batched pass: logits, features,
+   gradient weights);
+4. the methods: ``similarity`` (cosine tables), ``clustering`` (K-means, GMM, scores), ``saliency``
+   (Grad-CAM maps and map metrics), ``localisation`` (boxes, IoU, pointing game),
+   ``label_similarity`` (seed 002), ``rsvc`` (seed 003), ``metric_learning`` and ``sfam`` (seed
+   004), ``alignment`` (seed 001's gradient-alignment loss, HVP, mutual information).
 """
 from . import (alignment, cache, clustering, data, devices, extract, label_similarity, localisation, metric_learning,
-               models, plotting, profiles, provenance, report, rsvc, saliency, sfam, similarity, stats, training)
+               models, nets, plotting, profiles, provenance, report, rsvc, saliency, sfam, similarity, stats, training)
 
 __all__ = ["alignment", "cache", "clustering", "data", "devices", "extract", "label_similarity", "localisation",
-           "metric_learning", "models", "plotting", "profiles", "provenance", "report", "rsvc", "saliency", "sfam",
-           "similarity", "stats", "training"]
+           "metric_learning", "models", "nets", "plotting", "profiles", "provenance", "report", "rsvc", "saliency",
+           "sfam", "similarity", "stats", "training"]
 __version__ = "0.1.0"

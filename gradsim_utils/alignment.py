@@ -19,9 +19,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.cluster import KMeans
+from sklearn.covariance import LedoitWolf
+from sklearn.decomposition import PCA
+from sklearn.metrics import adjusted_rand_score
 from torch import nn
 
-from . import data, extract, models, provenance, similarity, training
+from . import data, extract, nets, provenance, similarity, training
 from .cache import cache_key, cached_torch
 from .devices import get_device, place
 from .profiles import TINY_MODELS
@@ -157,8 +161,6 @@ def hvp(func, inputs, vectors, method: str = "double-backward"):
 
 def _pca_standardised(x: np.ndarray, dim: int) -> np.ndarray:
     """The first ``dim`` principal-component scores of ``x``, each scaled to unit variance."""
-    from sklearn.decomposition import PCA
-
     scores = PCA(n_components=dim, svd_solver="auto", random_state=0).fit_transform(x)
     std = scores.std(axis=0)
     if np.any(std <= 0):
@@ -195,8 +197,6 @@ def gaussian_mutual_information(a, b, dim: int | None = None, shrinkage: str | f
         raise ValueError(f"dim must be an int in [1, {limit}] (<= each set's dimension and n // 4), got {dim!r}")
     joint = np.hstack([_pca_standardised(a, int(dim)), _pca_standardised(b, int(dim))])
     if shrinkage == "ledoit-wolf":
-        from sklearn.covariance import LedoitWolf
-
         cov = LedoitWolf(assume_centered=False).fit(joint).covariance_
     elif shrinkage is None or (isinstance(shrinkage, (int, float)) and 0 <= shrinkage <= 1):
         cov = np.cov(joint, rowvar=False)
@@ -221,8 +221,8 @@ def _aligned_key(name, form, lam, seed, data_seed, image_size, n_train_per_class
         step="gradient-alignment", code_version=CODE_VERSION, training_version=training.CODE_VERSION,
         name=name, form=form, lam=float(lam), seed=seed, data_seed=data_seed, image_size=image_size,
         n_train_per_class=n_train_per_class, n_analysis_per_class=n_analysis_per_class, epochs=epochs,
-        batch_size=batch_size, base_width=base_width, recipe=training.RECIPE, mean=training.MEAN,
-        std=training.STD, benchmark=training.benchmark_fingerprint(data_seed, image_size),
+        batch_size=batch_size, base_width=base_width, recipe=training.RECIPE, mean=data.MEAN,
+        std=data.STD, benchmark=training.benchmark_fingerprint(data_seed, image_size),
     )
 
 
@@ -269,7 +269,7 @@ def train_aligned(name: str = "tiny-resnet18", *, form: str = "cosine", lam: flo
 
     with torch.random.fork_rng(devices=[]), training.cpu_threads():
         torch.manual_seed(seed)
-        model = models.build_tiny_resnet(name, len(train.class_names), base_width)
+        model = nets.build_tiny_resnet(name, len(train.class_names), base_width)
         seconds, (cls_loss, grad_loss), _ = training.fit(
             model, train.images, train.labels, epochs=epochs, batch_size=batch_size, generator=generator,
             device=dev, desc=f"{name} {form} lambda={lam:g}" if progress else None, step_loss=aligned_step)
@@ -313,10 +313,10 @@ def aligned_model(name: str = "tiny-resnet18", *, form: str = "cosine", lam: flo
                        epochs, batch_size, base_width)
     entry = cached_torch("aligned", key, compute)
     metrics = entry["metrics"]
-    model = models.build_tiny_resnet(name, len(metrics["class_names"]), base_width)
+    model = nets.build_tiny_resnet(name, len(metrics["class_names"]), base_width)
     model.load_state_dict(entry["state_dict"])
-    model.gradsim_info = models.ModelInfo(
-        name, image_size, training.MEAN, training.STD, tuple(metrics["class_names"]),
+    model.gradsim_info = nets.ModelInfo(
+        name, image_size, data.MEAN, data.STD, tuple(metrics["class_names"]),
         weights=f"aligned {form} lambda={lam:g}", analysis_accuracy=float(metrics["analysis_accuracy"]),
         train_seconds=float(metrics["train_seconds"]), machine=metrics["machine"])
     return model.to(dev).eval(), metrics
@@ -363,9 +363,6 @@ def _mean_within_between(cos: torch.Tensor, labels: torch.Tensor) -> tuple[float
 
 def _kmeans_ari(x: torch.Tensor, labels: torch.Tensor, seed: int) -> float:
     """ARI of K-means (k = number of classes, 10 restarts) on L2-normalised rows against the labels."""
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import adjusted_rand_score
-
     unit = F.normalize(x.flatten(1).double(), dim=1).numpy()
     k = len(torch.unique(labels))
     pred = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(unit)

@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from . import nets
 from .devices import get_device, graph_enters_convolution, place
 
 __all__ = [
@@ -32,6 +33,11 @@ __all__ = [
     "LayerTap",
     "get_layer",
     "last_block_inner_conv",
+    "frozen_eval",
+    "as_image_tensor",
+    "as_targets",
+    "num_classes",
+    "model_input",
     "representations",
     "gradient_weight_identity_error",
     "loss_input_gradients",
@@ -144,7 +150,7 @@ class LayerTap:
 
 
 @contextmanager
-def _frozen_eval(model: nn.Module) -> Iterator[None]:
+def frozen_eval(model: nn.Module) -> Iterator[None]:
     """Eval mode and frozen parameters for the block; each module's and parameter's flag restored."""
     training = {module: module.training for module in model.modules()}
     requires_grad = {param: param.requires_grad for param in model.parameters()}
@@ -166,7 +172,7 @@ def _has_non_finite(x: torch.Tensor) -> bool:
     return not (torch.isfinite(x.sum()) or torch.isfinite(x).all())
 
 
-def _as_image_tensor(images) -> torch.Tensor:
+def as_image_tensor(images) -> torch.Tensor:
     """``images`` as an N x C x H x W tensor; ValueError on a wrong shape or NaN/Inf values."""
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(np.ascontiguousarray(images))
@@ -180,7 +186,7 @@ def _as_image_tensor(images) -> torch.Tensor:
     return images
 
 
-def _as_targets(targets, n: int, n_classes: int | None) -> torch.Tensor | None:
+def as_targets(targets, n: int, n_classes: int | None) -> torch.Tensor | None:
     """``targets`` (None, one int, or N class indices) as an int64 tensor of shape (N,)."""
     if targets is None:
         return None
@@ -195,12 +201,12 @@ def _as_targets(targets, n: int, n_classes: int | None) -> torch.Tensor | None:
     return t
 
 
-def _prepare(model: nn.Module, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """The model's input for ``batch``: ``models.prepare_inputs`` for a gradsim model, else as is."""
+def model_input(model: nn.Module, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The model's input for ``batch`` on ``device``: ``nets.prepare_inputs`` for a model with
+    ``gradsim_info``, else ``batch`` itself, which must then be prepared float input. Detached, and
+    a copy when made under ``torch.inference_mode`` (usable in autograd)."""
     if hasattr(model, "gradsim_info"):
-        from . import models
-
-        x = models.prepare_inputs(model, batch)
+        x = nets.prepare_inputs(model, batch)
     elif batch.is_floating_point():
         x = batch
     else:
@@ -212,7 +218,7 @@ def _prepare(model: nn.Module, batch: torch.Tensor, device: torch.device) -> tor
     return x.clone() if x.is_inference() else x
 
 
-def _num_classes(model: nn.Module) -> int | None:
+def num_classes(model: nn.Module) -> int | None:
     """The class count from ``gradsim_info.class_names`` when known, else None (checked on logits)."""
     info = getattr(model, "gradsim_info", None)
     names = getattr(info, "class_names", None)
@@ -282,7 +288,7 @@ def representations(
     ``grad_weights[i, k] = mean_{h,w} d y_{c_i} / d F_{i,k,h,w}`` with ``c_i = targets[i]`` or
     ``argmax(logits[i])``; ``input_grads[i] = d y_{c_i} / d x_i`` when ``input_gradients``.
     ``images``: N x 3 x H x W, uint8 (0-255) or float (0-1) for a model from ``models.load_model``
-    (prepared per batch by ``models.prepare_inputs``), prepared float input for a plain module.
+    (prepared per batch by ``nets.prepare_inputs``), prepared float input for a plain module.
     ``targets``: None, one class index for all images, or N indices. The model is moved to
     ``device`` (``"auto"``: CUDA when present), like ``model.to``, in the memory format of
     ``devices.place``: channels-last on CPU when the backward stops before any convolution
@@ -294,21 +300,21 @@ def representations(
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    images = _as_image_tensor(images)
+    images = as_image_tensor(images)
     n = images.shape[0]
-    targets = _as_targets(targets, n, _num_classes(model))
+    targets = as_targets(targets, n, num_classes(model))
     dev = get_device(device)
     model.to(dev)
     parts: dict[str, list[torch.Tensor]] = {}
-    with torch.inference_mode(False), torch.enable_grad(), _frozen_eval(model), \
+    with torch.inference_mode(False), torch.enable_grad(), frozen_eval(model), \
             LayerTap(model, layer, start_graph=not input_gradients) as tap:
-        probe = _prepare(model, images[:1], dev)
+        probe = model_input(model, images[:1], dev)
         enters_conv = input_gradients or _backward_enters_conv(model, tap, probe)
         memory_format = place(model, dev, backward_enters_conv=enters_conv)
         for start in tqdm(range(0, n, batch_size), desc=f"extract {layer}", unit="batch",
                           disable=not progress):
             stop = min(start + batch_size, n)
-            x = _prepare(model, images[start:stop], dev).contiguous(memory_format=memory_format)
+            x = model_input(model, images[start:stop], dev).contiguous(memory_format=memory_format)
             t = None if targets is None else targets[start:stop]
             out = _batch_pass(model, tap, x, t, input_gradients)
             feature_hw = tuple(out["features"].shape[2:])
@@ -372,7 +378,7 @@ def input_gradients(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
     The backward enters every convolution: model and ``x`` run contiguous (``devices.place``).
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2:
-        raise ValueError("x must be a prepared float batch (N, ...), e.g. from models.prepare_inputs")
+        raise ValueError("x must be a prepared float batch (N, ...), e.g. from nets.prepare_inputs")
     fmt = place(model, x.device, backward_enters_conv=True)
     with torch.enable_grad():
         x = x.detach().contiguous(memory_format=fmt).requires_grad_(True)
@@ -388,19 +394,20 @@ def loss_input_gradients(model: nn.Module, images, labels, batch_size: int = 64,
 
     One backward of the batch's summed loss gives each image its own gradient (images do not
     interact in eval mode). The gradient is taken with respect to the model's prepared input (after
-    ``models.prepare_inputs``); the result is N x 3 x H x W on the CPU.
+    ``nets.prepare_inputs``); the result is N x 3 x H x W on the CPU.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    images = _as_image_tensor(images)
+    images = as_image_tensor(images)
     labels = torch.as_tensor(labels)
     if labels.shape != (images.shape[0],) or labels.is_floating_point():
         raise ValueError(f"labels must be {images.shape[0]} integer class indices, got shape {tuple(labels.shape)}")
     dev = get_device(device)
     grads = []
-    with torch.inference_mode(False), torch.enable_grad(), _frozen_eval(model):
+    with torch.inference_mode(False), torch.enable_grad(), frozen_eval(model):
         for start in tqdm(range(0, images.shape[0], batch_size), desc="input gradients", unit="batch",
                           disable=not progress):
             stop = min(start + batch_size, images.shape[0])
-            grads.append(input_gradients(model, _prepare(model, images[start:stop], dev), labels[start:stop])[0].cpu())
+            x = model_input(model, images[start:stop], dev)
+            grads.append(input_gradients(model, x, labels[start:stop])[0].cpu())
     return torch.cat(grads)

@@ -36,15 +36,16 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from . import data, extract, models
 from .devices import get_device, place
+from .similarity import cosine_matrix
 from .stats import Estimate
 
 __all__ = [
     "WHERE", "conv_layer_names", "GapStatsHook", "GapFeatures", "gap_features",
     "ClassStats", "welch_from_sums", "cosine_rows", "similarity_matrices", "top_k_similar",
     "spearman_agreement", "precision_at_k", "chance_precision", "Agreement", "difference_estimate",
-    "bootstrap_agreement",
-    "imagenet_class_indices", "FolderStats", "image_folder_stats",
+    "bootstrap_agreement", "FolderStats", "image_folder_stats",
 ]
 
 WHERE = ("conv", "bn")
@@ -164,31 +165,18 @@ class GapFeatures:
     channels: list[int]
 
 
-def _prepare(model: nn.Module, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if hasattr(model, "gradsim_info"):
-        from . import models
-
-        return models.prepare_inputs(model, batch)
-    if not batch.is_floating_point():
-        raise ValueError(f"images of dtype {batch.dtype} need a model from models.load_model "
-                         "(which knows its normalisation); for a plain nn.Module pass prepared float input")
-    return batch.to(device)
-
-
 def gap_features(model: nn.Module, images: torch.Tensor, layers: Sequence[str] | None = None,
                  where: Sequence[str] = WHERE, classifier: str | None = "fc", batch_size: int = 64,
                  device: str | torch.device = "auto", progress: bool = True) -> GapFeatures:
     """GAP statistics (Eq. 2-3) of ``images`` for each ``where``, the hidden state and the logits.
 
     One batched forward per batch in eval mode (the model's modes are restored); ``images`` as
-    for ``extract.representations`` (uint8 or 0-1 float for a model from ``models.load_model``).
+    for ``extract.representations`` (checked by ``extract.as_image_tensor``, each batch made input
+    by ``extract.model_input``: uint8 or 0-1 float for a model from ``models.load_model``).
     """
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] == 0:
-        raise ValueError(f"images must be a non-empty N x C x H x W tensor, got {getattr(images, 'shape', type(images))}")
+    images = extract.as_image_tensor(images)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if images.is_floating_point() and not torch.isfinite(images).all():
-        raise ValueError("images contain NaN or Inf")
     dev = get_device(device)
     fmt = place(model, dev, backward_enters_conv=False)
     modes = {m: m.training for m in model.modules()}
@@ -198,7 +186,8 @@ def gap_features(model: nn.Module, images: torch.Tensor, layers: Sequence[str] |
         with torch.inference_mode(), GapStatsHook(model, layers, where, classifier) as hook:
             for start in tqdm(range(0, len(images), batch_size), desc="GAP statistics", unit="batch",
                               disable=not progress):
-                logits = model(_prepare(model, images[start:start + batch_size], dev).contiguous(memory_format=fmt))
+                x = extract.model_input(model, images[start:start + batch_size], dev)
+                logits = model(x.contiguous(memory_format=fmt))
                 gaps, hidden = hook.collect()
                 for w, g in gaps.items():
                     parts.setdefault(w, []).append(g.cpu())
@@ -325,8 +314,6 @@ class ClassStats:
 
 def cosine_rows(vectors) -> np.ndarray:
     """C x C cosine matrix of the rows of ``vectors`` (float64; a zero row has cosine 0)."""
-    from .similarity import cosine_matrix
-
     return cosine_matrix(torch.as_tensor(np.asarray(vectors, dtype=np.float64))).numpy()
 
 
@@ -549,30 +536,6 @@ def bootstrap_agreement(gap: dict[str, torch.Tensor], hidden: torch.Tensor | Non
 # The paper path: an ImageNet-style image folder, streamed class by class
 # --------------------------------------------------------------------------------------------
 
-def imagenet_class_indices(folder_names: Sequence[str], categories: Sequence[str],
-                           aliases: dict[str, int] | None = None) -> list[int]:
-    """ImageNet class index of each class folder.
-
-    A folder named by a category or by a key of ``aliases`` (case-insensitive, ``_`` for a space)
-    maps to that class, one named ``0..len(categories) - 1`` to that index. Otherwise exactly
-    ``len(categories)`` folders are the full ImageNet layout (e.g. WordNet ids): their sorted order is
-    the class index, as in torchvision's ImageFolder.
-    """
-    names = list(folder_names)
-    lookup = {**{k.lower(): v for k, v in (aliases or {}).items()},
-              **{c.lower(): i for i, c in enumerate(categories)}}
-    for i in range(len(categories)):
-        lookup.setdefault(str(i), i)
-    keys = [name.replace("_", " ").lower() for name in names]
-    if len(names) == len(categories) and not all(k in lookup for k in keys):
-        return [sorted(names).index(n) for n in names]
-    unknown = [name for name, key in zip(names, keys) if key not in lookup]
-    if unknown:
-        raise ValueError(f"class folders {unknown[:5]} are neither ImageNet class names (e.g. 'golf ball', "
-                         f"'golf_ball') nor indices 0..{len(categories) - 1}; or provide all {len(categories)} folders")
-    return [lookup[key] for key in keys]
-
-
 @dataclass
 class FolderStats:
     """Streamed statistics of an image folder: class names, ImageNet indices, ClassStats, thumbnails."""
@@ -593,10 +556,9 @@ def image_folder_stats(root, model: nn.Module, class_names: Sequence[str] | None
 
     Each image is resized so its shorter side is ``resize`` and centre-cropped to ``crop`` (the
     reference's Resize(256) + CenterCrop(224); bicubic here). Only one class's images are in memory
-    at a time; ``accuracy`` is top-1 against the folders' ImageNet indices.
+    at a time; ``accuracy`` is top-1 against the folders' ImageNet indices
+    (``models.imagenet_class_indices``).
     """
-    from . import data
-
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist; pass an ImageNet-style folder "
@@ -609,7 +571,7 @@ def image_folder_stats(root, model: nn.Module, class_names: Sequence[str] | None
     categories = getattr(getattr(model, "gradsim_info", None), "class_names", None)
     if not categories:
         raise ValueError("model must come from models.load_model (its ImageNet class names are needed)")
-    indices = imagenet_class_indices(class_names, categories)
+    indices = models.imagenet_class_indices(class_names, categories)
     if not 0 < crop <= resize:
         raise ValueError(f"need 0 < crop <= resize, got crop={crop}, resize={resize}")
     off = (resize - crop) // 2

@@ -29,7 +29,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import data, models, provenance, training
+from . import data, models, nets, provenance, training
 from .cache import cached_torch, cache_key
 from .devices import get_device, place
 from .profiles import Profile, get_profile
@@ -134,7 +134,7 @@ class MetricModel(nn.Module):
     def prepare(self, images: torch.Tensor,
                 memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
         """uint8 (0-255) or float (0-1) images -> normalised float input at ``image_size``."""
-        x = models.to_unit_float(images, self.mean.device)
+        x = nets.to_unit_float(images, self.mean.device)
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size,) * 2, mode="bilinear", antialias=True,
                               align_corners=False)
@@ -162,8 +162,8 @@ def build_metric_model(metric: str, config: MetricConfig, seed: int = 0) -> Metr
     if name.startswith("tiny-"):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            backbone = models.build_tiny_resnet(name, 2, config.base_width)  # fc is dropped below
-        mean, std = training.MEAN, training.STD
+            backbone = nets.build_tiny_resnet(name, 2, config.base_width)  # fc is dropped below
+        mean, std = data.MEAN, data.STD
     else:
         backbone = models.load_model(name, weights=config.weights, seed=seed, device="cpu", progress=False)
         mean, std = backbone.gradsim_info.mean, backbone.gradsim_info.std

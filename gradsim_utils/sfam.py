@@ -39,6 +39,8 @@ import torch.nn.functional as F
 from scipy import stats as _scipy_stats
 from torch import nn
 
+from .localisation import normalise_maps, paired_box_iou, threshold_boxes
+
 __all__ = ["METRICS", "METHODS", "METHOD_LABELS", "pool", "support_vector", "cis", "minmax_weights",
            "channel_weights", "combine", "upsample", "centre_prior", "pair_maps",
            "box_ious", "randomisation_stages", "randomise", "rank_correlation", "ssim", "sanity_cascade"]
@@ -314,9 +316,7 @@ def rank_correlation(maps_a, maps_b) -> np.ndarray:
 
 def ssim(maps_a, maps_b) -> np.ndarray:
     """SSIM (``skimage.metrics.structural_similarity``) of each pair of min-max normalised maps."""
-    from skimage.metrics import structural_similarity
-
-    from .localisation import normalise_maps
+    from skimage.metrics import structural_similarity  # slow to import; only this function needs it
 
     a, b = normalise_maps(maps_a).numpy(), normalise_maps(maps_b).numpy()
     if a.shape != b.shape:
@@ -330,8 +330,6 @@ def box_ious(maps: dict[str, torch.Tensor], boxes: torch.Tensor, threshold: floa
 
     Identical maps (a map that ignores the support, repeated queries, the centre prior) are boxed once.
     """
-    from .localisation import paired_box_iou, threshold_boxes
-
     out = {}
     for method, m in maps.items():
         unique, inverse = torch.unique(m.reshape(len(m), -1), dim=0, return_inverse=True)

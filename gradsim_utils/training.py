@@ -14,7 +14,8 @@ with it, ResNet-18 and -50 learnt the one class pair that differs only in shape
 Horizontal flips changed nothing measurable and are not used.
 
 :func:`model_cache_key` hashes everything that determines the trained weights; ``models.py``
-caches ``train_tiny_resnet``'s result under it.
+caches ``train_tiny_resnet``'s result under it. The networks are ``nets.build_tiny_resnet``'s; the
+input normalisation is the benchmark's (``data.MEAN``/``data.STD``).
 """
 from __future__ import annotations
 
@@ -30,9 +31,10 @@ from tqdm.auto import tqdm
 from . import data, provenance
 from .cache import cache_key
 from .devices import get_device, place
+from .nets import build_tiny_resnet, resnet_depth
 from .profiles import TINY_MODELS, Profile
 
-__all__ = ["CODE_VERSION", "MEAN", "STD", "RECIPE", "benchmark_class_names", "benchmark_fingerprint", "cpu_threads",
+__all__ = ["CODE_VERSION", "RECIPE", "benchmark_fingerprint", "cpu_threads",
            "check_batches", "cross_entropy_step", "fit", "one_cycle",
            "model_cache_key", "confusion_matrix", "evaluate", "to_input", "train_tiny_resnet"]
 
@@ -40,21 +42,11 @@ __all__ = ["CODE_VERSION", "MEAN", "STD", "RECIPE", "benchmark_class_names", "be
 # 2: contiguous training on CPU (devices.memory_format), the machine recorded in the metrics
 CODE_VERSION = "tiny-resnet-training-2"
 
-# Per-channel normalisation of benchmark pixels (0-1 scale): their mean and standard deviation,
-# rounded, as measured on the train split (0.51/0.49/0.48 and 0.21/0.19/0.19).
-MEAN = (0.5, 0.5, 0.5)
-STD = (0.2, 0.2, 0.2)
-
 # Optimisation settings (see the module docstring); zero-init of residual branches from this depth.
 RECIPE = {"max_lr": 4e-3, "weight_decay": 5e-4, "label_smoothing": 0.1, "pct_start": 0.25,
           "zero_init_min_depth": 101}
 
 EVAL_BATCH = 256
-
-
-def benchmark_class_names() -> tuple[str, ...]:
-    """The class names of the benchmark's ten base classes, in label order."""
-    return tuple(data.class_name(attributes) for attributes in data.BASE_CLASSES)
 
 
 def benchmark_fingerprint(seed: int, image_size: int) -> str:
@@ -94,7 +86,7 @@ def model_cache_key(name: str, profile: Profile, seed: int) -> str:
         step="tiny-resnet", code_version=CODE_VERSION, name=name, seed=seed, recipe=RECIPE,
         image_size=profile.image_size, n_train_per_class=profile.n_train_per_class,
         n_analysis_per_class=profile.n_analysis_per_class, epochs=profile.epochs,
-        batch_size=profile.batch_size, base_width=profile.base_width, mean=MEAN, std=STD,
+        batch_size=profile.batch_size, base_width=profile.base_width, mean=data.MEAN, std=data.STD,
         benchmark=benchmark_fingerprint(seed, profile.image_size),
     )
 
@@ -114,8 +106,8 @@ def to_input(images: torch.Tensor, device: torch.device,
              memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """uint8 benchmark images -> normalised float32 model input on ``device`` in ``memory_format``."""
     x = images.to(device).float().div_(255)
-    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(data.MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(data.STD, device=device).view(1, 3, 1, 1)
     return ((x - mean) / std).contiguous(memory_format=memory_format)
 
 
@@ -144,8 +136,6 @@ def train_tiny_resnet(name: str, profile: Profile, seed: int = 0, device: str | 
     training images and epochs, the final training loss, the class names and the machine
     (``provenance.training_machine``: float results differ between CPUs in the last digits).
     """
-    from .models import build_tiny_resnet, resnet_depth  # models imports this module
-
     _check_name(name)
     _check_profile(profile)
     dev = get_device(device)

@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradsim_utils import devices, extract, models, profiles, training
+from gradsim_utils import devices, extract, nets, profiles, training
 
 
 def test_memory_format_rule():
@@ -36,7 +36,7 @@ def _is_channels_last(model: nn.Module) -> bool:
 
 
 def test_place_switches_both_ways():
-    net = models.build_tiny_resnet("tiny-resnet18", 10, 8)
+    net = nets.build_tiny_resnet("tiny-resnet18", 10, 8)
     assert devices.place(net, "cpu", backward_enters_conv=False) == torch.channels_last and _is_channels_last(net)
     assert devices.place(net, "cpu", backward_enters_conv=True) == torch.contiguous_format
     assert not _is_channels_last(net)
@@ -55,7 +55,7 @@ def test_graph_enters_convolution():
 
 def test_input_gradients_undo_an_inference_pass_channels_last():
     """A model left channels-last by inference is made contiguous before its input gradient."""
-    net = models.build_tiny_resnet("tiny-resnet18", 10, 8).eval()
+    net = nets.build_tiny_resnet("tiny-resnet18", 10, 8).eval()
     x = torch.randn(4, 3, 32, 32)
     extract.representations(net, x, layer="layer4", progress=False)
     assert _is_channels_last(net)                                 # layer4: backward stops at the pooling
@@ -64,7 +64,7 @@ def test_input_gradients_undo_an_inference_pass_channels_last():
 
 
 def test_fit_trains_contiguous_even_after_evaluate():
-    net = models.build_tiny_resnet("tiny-resnet18", 10, 8)
+    net = nets.build_tiny_resnet("tiny-resnet18", 10, 8)
     bench_images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     training.evaluate(net, bench_images, torch.device("cpu"))
     assert _is_channels_last(net)
@@ -96,11 +96,11 @@ def test_tiny_resnet_family_trains():
     """training.fit, the loop of the book's five tiny ResNets, at the quick shapes (32 px, base 16)."""
     out = _train_in_child("""
         import torch
-        from gradsim_utils import data, models, profiles, training
+        from gradsim_utils import data, nets, profiles, training
         prof = profiles.get_profile("quick")
         bench = data.make_benchmark(n_per_class=13, split="train", seed=0, image_size=prof.image_size)
         for name in ("tiny-resnet18", "tiny-resnet50"):
-            net = models.build_tiny_resnet(name, 10, prof.base_width)
+            net = nets.build_tiny_resnet(name, 10, prof.base_width)
             _, (loss,), seen = training.fit(net, bench.images, bench.labels, epochs=1, batch_size=prof.batch_size,
                                             generator=torch.Generator().manual_seed(0), device=torch.device("cpu"),
                                             desc=None)

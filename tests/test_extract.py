@@ -8,8 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
-import gradsim_utils
-from gradsim_utils import extract
+from gradsim_utils import extract, nets
 
 TOL = 1e-5
 TARGETS = [3, 1, 4, 1]  # one per image; batch_size=3 makes batches of 3 and 1
@@ -296,16 +295,14 @@ def test_bad_images_and_arguments(resnet18, images):
 
 
 def test_gradsim_model_inputs_go_through_prepare_inputs(monkeypatch, resnet18):
-    """A model with ``gradsim_info`` gets each batch through ``models.prepare_inputs``."""
+    """A model with ``gradsim_info`` gets each batch through ``nets.prepare_inputs``."""
     calls = []
 
     def prepare_inputs(model, batch):
         calls.append(batch.shape[0])
         return (batch.float() / 255 - 0.5) / 0.25
 
-    fake = types.SimpleNamespace(prepare_inputs=prepare_inputs)
-    monkeypatch.setitem(__import__("sys").modules, "gradsim_utils.models", fake)
-    monkeypatch.setattr(gradsim_utils, "models", fake, raising=False)
+    monkeypatch.setattr(nets, "prepare_inputs", prepare_inputs)
     monkeypatch.setattr(resnet18, "gradsim_info", types.SimpleNamespace(
         name="resnet18-random", class_names=[f"c{i}" for i in range(1000)]), raising=False)
     raw = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
@@ -325,7 +322,7 @@ def test_with_a_model_from_load_model():
     reps = extract.representations(model, raw, batch_size=2, progress=False)
     assert reps.model_name == "resnet18" and reps.feature_hw == (7, 7)
     with torch.no_grad():
-        logits = model(models.prepare_inputs(model, raw))
+        logits = model(nets.prepare_inputs(model, raw))
     assert (reps.logits - logits).abs().max() < TOL
     assert extract.gradient_weight_identity_error(model, reps) < TOL
     with pytest.raises(ValueError, match="NaN or Inf"):

@@ -10,7 +10,7 @@ from PIL import Image
 from scipy import stats
 
 from gradsim_utils import label_similarity as ls
-from gradsim_utils import models
+from gradsim_utils import models, nets
 
 
 def _scipy_welch(x, y):
@@ -111,7 +111,7 @@ def test_conv_layer_names_follow_the_reference():
 
 def test_gap_hooks_match_direct_computation_and_are_released():
     torch.manual_seed(0)
-    net = models.build_tiny_resnet("tiny-resnet18", num_classes=4, base_width=4)
+    net = nets.build_tiny_resnet("tiny-resnet18", num_classes=4, base_width=4)
     for m in net.modules():  # non-trivial BatchNorm statistics
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
@@ -203,14 +203,6 @@ def test_bootstrap_agreement_points_and_pairing():
     assert diff.low <= diff.high
     with pytest.raises(ValueError, match="covering all 4 classes"):
         ls.bootstrap_agreement({"conv": gap}, hidden, y % 3, truth, k=1)
-
-
-def test_imagenet_class_indices():
-    cats = ["tench", "golf ball", "knot", "baseball"]
-    assert ls.imagenet_class_indices(["knot", "golf_ball", "0"], cats) == [2, 1, 0]
-    assert ls.imagenet_class_indices(["n3", "n1", "n2", "n0"], cats) == [3, 1, 2, 0]  # full set: sorted order
-    with pytest.raises(ValueError, match="neither ImageNet class names"):
-        ls.imagenet_class_indices(["knot", "kn0t"], cats)
 
 
 def test_image_folder_stats_streams_classes(tmp_path):

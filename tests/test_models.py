@@ -1,44 +1,10 @@
-"""Models: layouts against torchvision, loading and caching, weights offline, input preparation."""
+"""Models: loading and caching, weights offline, class names to model outputs."""
 import time
 
 import pytest
 import torch
-import torchvision
-from torchvision import transforms
 
-from gradsim_utils import cache, models, profiles, training
-
-DEPTHS = (18, 34, 50, 101, 152)
-
-
-def _layer_names(model: torch.nn.Module) -> set[str]:
-    return {name for name, _ in model.named_modules() if name.startswith("layer")}
-
-
-@pytest.mark.parametrize("depth", DEPTHS)
-def test_tiny_resnet_has_torchvision_blocks_and_names(depth):
-    tiny = models.build_tiny_resnet(f"tiny-resnet{depth}", num_classes=10, base_width=16)
-    reference = torchvision.models.get_model(f"resnet{depth}", weights=None)
-    assert _layer_names(tiny) == _layer_names(reference)
-    assert [n for n, _ in tiny.named_children()] == [
-        n for n, _ in reference.named_children() if n != "maxpool"]
-    assert "layer4.1.conv2" in _layer_names(tiny)
-    for stage in ("layer1", "layer2", "layer3", "layer4"):
-        assert type(getattr(tiny, stage)[0]) is type(getattr(reference, stage)[0])
-
-
-@pytest.mark.parametrize("depth, channels", [(18, 128), (50, 512)])
-def test_tiny_resnet_output_and_feature_shapes(depth, channels):
-    model = models.build_tiny_resnet(f"tiny-resnet{depth}", num_classes=10, base_width=16).eval()
-    x = torch.randn(3, 3, 32, 32)
-    with torch.no_grad():
-        stem = model.relu(model.bn1(model.conv1(x)))
-        features = model.layer4(model.layer3(model.layer2(model.layer1(stem))))
-        logits = model(x)
-    assert stem.shape == (3, 16, 32, 32)
-    assert features.shape == (3, channels, 4, 4)
-    assert logits.shape == (3, 10)
-    assert model.fc.in_features == channels
+from gradsim_utils import cache, data, models, nets, profiles, training
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +97,7 @@ def test_random_tiny_resnet_needs_no_training():
     b = models.load_model("tiny-resnet34", profile="smoke", weights=None, seed=3, device="cpu")
     assert torch.equal(a.layer3[0].conv1.weight, b.layer3[0].conv1.weight)
     assert a.gradsim_info.weights is None and a.gradsim_info.analysis_accuracy is None
-    assert a.gradsim_info.class_names == training.benchmark_class_names()
+    assert a.gradsim_info.class_names == data.benchmark_class_names()
     assert a.gradsim_info.class_names[1] == "red-solid-circle"
 
 
@@ -179,43 +145,12 @@ def test_bad_names_raise_value_errors():
         models.load_model("tiny-resnet18", checkpoint="x.pth")
 
 
-def test_prepare_inputs_matches_torchvision_normalize():
-    model = models.load_model("resnet18", weights=None, device="cpu")
-    images = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
-    images[0, :, 0, 0] = torch.tensor([0, 128, 255], dtype=torch.uint8)
-    expected = transforms.Normalize(models.IMAGENET_MEAN, models.IMAGENET_STD)(images.float() / 255)
-    prepared = models.prepare_inputs(model, images)
-    assert prepared.dtype == torch.float32 and prepared.shape == (2, 3, 224, 224)
-    torch.testing.assert_close(prepared, expected)
-    hand = torch.tensor([(0 - 0.485) / 0.229, (128 / 255 - 0.456) / 0.224, (1 - 0.406) / 0.225])
-    torch.testing.assert_close(prepared[0, :, 0, 0], hand)
-    torch.testing.assert_close(models.prepare_inputs(model, images.float() / 255), expected)
-
-
-def test_prepare_inputs_resizes_and_rejects_bad_input():
-    model = models.load_model("resnet18", weights=None, device="cpu")
-    constant = torch.full((1, 3, 32, 32), 0.5)
-    resized = models.prepare_inputs(model, constant)
-    assert resized.shape == (1, 3, 224, 224)
-    torch.testing.assert_close(resized[0, :, 100, 7], (0.5 - torch.tensor(models.IMAGENET_MEAN))
-                               / torch.tensor(models.IMAGENET_STD))
-    for bad_value in (float("nan"), float("inf")):
-        images = torch.rand(2, 3, 224, 224)
-        images[1, 2, 3, 4] = bad_value
-        with pytest.raises(ValueError, match="NaN or Inf"):
-            models.prepare_inputs(model, images)
-    with pytest.raises(ValueError, match="0-1 scale"):
-        models.prepare_inputs(model, torch.rand(1, 3, 224, 224) * 255)
-    with pytest.raises(ValueError, match="N x 3 x H x W"):
-        models.prepare_inputs(model, torch.rand(3, 224, 224))
-
-
 def test_efficientnet_lite0_sees_a_cat_in_chelsea():
     skimage_data = pytest.importorskip("skimage.data")
     model = models.load_model("efficientnet-lite0", device="cpu")
     photo = torch.from_numpy(skimage_data.chelsea()).permute(2, 0, 1).unsqueeze(0)
     with torch.no_grad():
-        probs = model(models.prepare_inputs(model, photo)).softmax(1)[0]
+        probs = model(nets.prepare_inputs(model, photo)).softmax(1)[0]
     top = int(probs.argmax())
     assert 281 <= top <= 285, model.gradsim_info.class_names[top]
     assert float(probs[281:286].sum()) > 0.8
@@ -247,3 +182,11 @@ def test_class_logit_indices_maps_dataset_classes_to_model_outputs():
     assert models.class_logit_indices(tiny, names[::-1]) == list(range(len(names)))[::-1]
     with pytest.raises(ValueError, match="neither ImageNet class names"):
         models.class_logit_indices(tiny, ["no such class"])
+
+
+def test_imagenet_class_indices():
+    cats = ["tench", "golf ball", "knot", "baseball"]
+    assert models.imagenet_class_indices(["knot", "golf_ball", "0"], cats) == [2, 1, 0]
+    assert models.imagenet_class_indices(["n3", "n1", "n2", "n0"], cats) == [3, 1, 2, 0]  # full set: sorted order
+    with pytest.raises(ValueError, match="neither ImageNet class names"):
+        models.imagenet_class_indices(["knot", "kn0t"], cats)

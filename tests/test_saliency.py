@@ -11,7 +11,7 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from gradsim_utils import saliency, similarity
-from gradsim_utils.models import build_tiny_resnet
+from gradsim_utils.nets import build_tiny_resnet
 
 EPS = saliency.KLD_EPS
 

@@ -5,7 +5,7 @@ import torch
 from scipy import stats
 
 from gradsim_utils import sfam
-from gradsim_utils.models import build_tiny_resnet
+from gradsim_utils.nets import build_tiny_resnet
 
 
 def test_cis_hand_worked_three_channels():
