@@ -37,12 +37,12 @@ FORMATS = ("contiguous_format", "channels_last")
 _CHILD = r"""
 import sys, time, torch
 import torch.nn.functional as F
-from gradsim_utils import models, training
+from gradsim_utils import nets, training
 name, width, size, batch, fmt, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6])
 fmt = getattr(torch, fmt)
 with training.cpu_threads():
     torch.manual_seed(0)
-    net = models.build_tiny_resnet(name, 10, width).to(memory_format=fmt).train()
+    net = nets.build_tiny_resnet(name, 10, width).to(memory_format=fmt).train()
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt)
     y = torch.arange(batch) % 10
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
