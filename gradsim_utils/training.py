@@ -221,8 +221,7 @@ def fit(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, e
     convolutions (contiguous).
     """
     check_batches(len(labels), batch_size, epochs)
-    batch = batch_size
-    steps = len(labels) // batch
+    steps = len(labels) // batch_size
     optimizer = torch.optim.AdamW(model.parameters(), lr=RECIPE["max_lr"],
                                   weight_decay=RECIPE["weight_decay"])
     schedule = one_cycle(optimizer, RECIPE["max_lr"], epochs * steps, RECIPE["pct_start"])
@@ -234,7 +233,7 @@ def fit(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, e
         total = 0
         bar = tqdm(range(steps), desc=f"{desc} epoch {epoch + 1}/{epochs}", disable=desc is None, leave=False)
         for step in bar:
-            idx = order[step * batch:(step + 1) * batch]
+            idx = order[step * batch_size:(step + 1) * batch_size]
             loss, terms = step_loss(model, to_input(images[idx], device, fmt), labels[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -242,4 +241,4 @@ def fit(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, e
             schedule.step()
             total = total + terms.cpu()
         bar.close()
-    return time.perf_counter() - start, (total / steps).tolist(), epochs * steps * batch
+    return time.perf_counter() - start, (total / steps).tolist(), epochs * steps * batch_size
