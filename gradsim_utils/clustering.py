@@ -41,8 +41,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, s
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
-from .similarity import image_bootstrap_counts
-from .stats import Estimate
+from .stats import Estimate, image_bootstrap_counts, paired_difference, percentile_interval
 
 __all__ = ["METHODS", "SCORES", "SEED000_CLUSTERING", "prepare", "cluster", "silhouette",
            "partition_scores", "ClusterResult", "evaluate_clustering", "evaluate_partition"]
@@ -168,7 +167,8 @@ class ClusterResult:
         """``score`` (one of ``SCORES``) with its percentile interval over the replicates."""
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
-        return self._interval(self.values[score], level)
+        values = self.values[score]
+        return percentile_interval(values[0], values[1:], level)
 
     def difference(self, other: "ClusterResult", score: str, level: float = 0.95) -> Estimate:
         """``self - other`` for ``score`` with a paired interval: both must come from the same
@@ -176,17 +176,7 @@ class ClusterResult:
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         a, b = self.values[score], other.values[score]
-        if a.shape != b.shape:
-            raise ValueError(f"the two results have different replicates: {a.shape} vs {b.shape}")
-        return self._interval(a - b, level)
-
-    @staticmethod
-    def _interval(values: np.ndarray, level: float) -> Estimate:
-        reps = values[1:]
-        if len(reps) == 0:
-            return Estimate(float(values[0]), float(values[0]), float(values[0]), level)
-        low, high = np.percentile(reps, [50 * (1 - level), 50 * (1 + level)])
-        return Estimate(float(values[0]), float(low), float(high), level)
+        return paired_difference(a[0], a[1:], b[0], b[1:], level)
 
 
 def _replicates(x: np.ndarray, labels: np.ndarray, n_resamples: int, seed: int, partition) -> ClusterResult:

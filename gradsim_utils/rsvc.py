@@ -42,6 +42,7 @@ from . import data, extract, nets, provenance, training
 from .cache import cache_key, cached_torch
 from .devices import get_device, place
 from .profiles import TINY_MODELS
+from .stats import image_bootstrap_counts, percentile_bounds
 
 __all__ = [
     "PATCH_FRACTION", "STRIDE_FRACTION", "Patches", "patch_positions", "extract_patches",
@@ -252,8 +253,7 @@ def group_bootstrap_pearson(y, yhat, groups, n_resamples: int = 1000, level: flo
     n_groups = g.max() + 1
     if n_groups < 2:
         raise ValueError("a bootstrap over images needs at least two images")
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(n_groups, np.full(n_groups, 1 / n_groups), size=n_resamples)
+    counts = image_bootstrap_counts(np.zeros(n_groups), n_resamples, seed)  # whole images, one stratum
     w = counts[:, g].astype(np.float64)                      # (B, P)
     total = w.sum(1, keepdims=True)
     my, mh = w @ y / total, w @ yhat / total
@@ -263,8 +263,7 @@ def group_bootstrap_pearson(y, yhat, groups, n_resamples: int = 1000, level: flo
     denom = np.sqrt(vy * vh)
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.where(denom > 1e-12, cov / denom, 0.0)
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(r, [tail, 100 - tail], axis=0)
+    low, high = percentile_bounds(r, level, axis=0)
     return value, low, high
 
 

@@ -44,7 +44,7 @@ from . import extract
 from .cache import cache_key, cached_torch
 from .devices import get_device, place
 from .nets import TinyResNet
-from .stats import Estimate
+from .stats import Estimate, percentile_interval
 
 __all__ = ["KLD_EPS", "cc", "sim", "kld", "binarise_top", "auc", "pair_auc", "pair_metrics",
            "pair_mean_replicates", "estimate_from_replicates", "pair_mean_ci", "GradCAM", "gradcam", "gradcam_maps", "cached_gradcam", "identity_applies"]
@@ -272,7 +272,7 @@ def pair_mean_replicates(values, i, j, counts: np.ndarray, groups=None) -> np.nd
     """Mean pair value over ``groups`` (equal weights), on the data and on image-bootstrap replicates.
 
     Returns (1 + R,): element 0 uses every pair once; element r uses ``counts[r - 1]`` (R, N) from
-    ``similarity.image_bootstrap_counts``, pair (i, j) weighted n_i n_j (images are resampled, not
+    ``stats.image_bootstrap_counts``, pair (i, j) weighted n_i n_j (images are resampled, not
     pairs: pairs that share an image are dependent). ``groups`` (one label per pair, e.g. the class
     of a within-class pair) or None (one group). NaN where a replicate has no pair at all.
     """
@@ -302,13 +302,9 @@ def pair_mean_replicates(values, i, j, counts: np.ndarray, groups=None) -> np.nd
 
 
 def estimate_from_replicates(replicates, level: float = 0.95) -> Estimate:
-    """Element 0 with the percentile interval of elements 1.. (finite ones) at ``level``."""
+    """Element 0 with the percentile interval of elements 1.. at ``level`` (``stats.percentile_interval``)."""
     replicates = np.asarray(replicates, dtype=np.float64)
-    finite = replicates[1:][np.isfinite(replicates[1:])]
-    if len(finite) == 0:
-        return Estimate(float(replicates[0]), float(replicates[0]), float(replicates[0]), level)
-    low, high = np.percentile(finite, [50 * (1 - level), 50 * (1 + level)])
-    return Estimate(float(replicates[0]), float(low), float(high), level)
+    return percentile_interval(replicates[0], replicates[1:], level)
 
 
 def pair_mean_ci(values, i, j, counts: np.ndarray, groups=None, level: float = 0.95) -> Estimate:

@@ -17,7 +17,7 @@ import numba
 import numpy as np
 import torch
 
-from .stats import Estimate
+from .stats import Estimate, image_bootstrap_counts, paired_difference, percentile_interval
 
 __all__ = [
     "cosine_matrix",
@@ -211,25 +211,6 @@ def within_class_agreement(preds: torch.Tensor, labels: torch.Tensor) -> float:
     return (preds[i[same]] == preds[j[same]]).double().mean().item()
 
 
-def image_bootstrap_counts(labels, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
-    """How often each image is drawn in each of ``n_resamples`` stratified bootstrap resamples.
-
-    Returns an int array (n_resamples, N): within every class of ``labels`` the class's n_c images
-    are drawn n_c times with replacement, so class sizes stay fixed (efron1994bootstrap).
-    """
-    labels = np.asarray(torch.as_tensor(labels))
-    if labels.ndim != 1 or len(labels) == 0:
-        raise ValueError(f"labels must be a non-empty 1-D array, got shape {labels.shape}")
-    if not isinstance(n_resamples, int) or n_resamples < 1:
-        raise ValueError(f"n_resamples must be a positive int, got {n_resamples!r}")
-    rng = np.random.default_rng(seed)
-    counts = np.zeros((n_resamples, len(labels)), dtype=np.int64)
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        counts[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1.0 / len(idx)), size=n_resamples)
-    return counts
-
-
 @dataclass(frozen=True)
 class PairStatistics:
     """Within-class mean, between-class mean and within-vs-between AUC of a cosine matrix.
@@ -244,25 +225,17 @@ class PairStatistics:
     between: np.ndarray
     auc: np.ndarray
 
-    def _interval(self, values: np.ndarray, level: float) -> Estimate:
-        reps = values[1:][np.isfinite(values[1:])]
-        if len(reps) == 0:
-            return Estimate(float(values[0]), float(values[0]), float(values[0]), level)
-        low, high = np.percentile(reps, [50 * (1 - level), 50 * (1 + level)])
-        return Estimate(float(values[0]), float(low), float(high), level)
-
     def estimate(self, field: str, level: float = 0.95) -> Estimate:
         """``field`` ("within", "between", "auc") with its percentile bootstrap interval."""
         if field not in ("within", "between", "auc"):
             raise ValueError(f"field must be 'within', 'between' or 'auc', got {field!r}")
-        return self._interval(getattr(self, field), level)
+        values = getattr(self, field)
+        return percentile_interval(values[0], values[1:], level)
 
     def difference(self, other: "PairStatistics", field: str, level: float = 0.95) -> Estimate:
         """``self.field - other.field`` with a paired interval (both must share resamples)."""
         a, b = getattr(self, field), getattr(other, field)
-        if a.shape != b.shape:
-            raise ValueError(f"the two statistics have different resamples: {a.shape} vs {b.shape}")
-        return self._interval(a - b, level)
+        return paired_difference(a[0], a[1:], b[0], b[1:], level)
 
 
 def _auc_replicates(s: np.ndarray, within: np.ndarray, counts: np.ndarray, i: np.ndarray,

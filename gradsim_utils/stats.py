@@ -1,7 +1,14 @@
 """Confidence intervals shared by every chapter: percentile bootstrap over images or pairs.
 
-Thin wrappers over ``scipy.stats.bootstrap`` so every table reports intervals the same way
-(95 %, percentile method, a fixed seed, vectorised resampling).
+Every interval of the book is a percentile bootstrap interval (efron1994bootstrap): at ``level``
+the replicates' quantiles q = (1 - level) / 2 and 1 - q, NaN replicates (a statistic undefined on
+that resample) left out. Here are the pieces every method module uses:
+
+* ``image_bootstrap_counts``: the stratified resampling of images (how often each image is drawn);
+* ``percentile_bounds`` / ``percentile_interval``: the interval of given replicates;
+* ``paired_difference``: the interval of a difference of two statistics on the same resamples;
+* ``bootstrap_ci`` / ``mean_ci``: thin wrappers over ``scipy.stats.bootstrap`` (95 %, percentile
+  method, a fixed seed, vectorised resampling) for a statistic of independent samples.
 """
 from __future__ import annotations
 
@@ -11,7 +18,8 @@ from typing import Callable
 import numpy as np
 from scipy import stats as _scipy_stats
 
-__all__ = ["Estimate", "bootstrap_ci", "mean_ci"]
+__all__ = ["Estimate", "image_bootstrap_counts", "percentile_bounds", "percentile_interval",
+           "paired_difference", "bootstrap_ci", "mean_ci"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,68 @@ class Estimate:
     def format(self, fmt: str = ".3f") -> str:
         """``value [low, high]`` with the given number format, for tables."""
         return f"{self.value:{fmt}} [{self.low:{fmt}}, {self.high:{fmt}}]"
+
+
+def image_bootstrap_counts(labels, n_resamples: int = 1000, seed: int = 0, draw: str = "multinomial") -> np.ndarray:
+    """How often each image is drawn in each of ``n_resamples`` stratified bootstrap resamples.
+
+    Returns an int array (n_resamples, N): within every class of ``labels`` (in sorted order) the
+    class's n_c images are drawn n_c times with replacement, so class sizes stay fixed
+    (efron1994bootstrap); one label for all images is the plain bootstrap. Both ``draw`` rules give
+    this distribution from ``numpy.random.default_rng(seed)``, consuming it differently:
+    ``"multinomial"`` takes each class's counts from ``rng.multinomial(n_c, 1 / n_c)``,
+    ``"indices"`` draws n_c indices per resample with ``rng.integers`` and counts them.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) == 0:
+        raise ValueError(f"labels must be a non-empty 1-D array, got shape {labels.shape}")
+    if not isinstance(n_resamples, int) or n_resamples < 1:
+        raise ValueError(f"n_resamples must be a positive int, got {n_resamples!r}")
+    if draw not in ("multinomial", "indices"):
+        raise ValueError(f"draw must be 'multinomial' or 'indices', got {draw!r}")
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((n_resamples, len(labels)), dtype=np.int64)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        if draw == "multinomial":
+            counts[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1.0 / len(idx)), size=n_resamples)
+        else:  # one bincount over all resamples: index r * n_c + i counts image i in resample r
+            drawn = rng.integers(0, len(idx), size=(n_resamples, len(idx)))
+            flat = (drawn + np.arange(n_resamples)[:, None] * len(idx)).ravel()
+            counts[:, idx] = np.bincount(flat, minlength=n_resamples * len(idx)).reshape(n_resamples, len(idx))
+    return counts
+
+
+def percentile_bounds(replicates, level: float = 0.95, axis: int | None = None) -> tuple:
+    """Lower and upper bound of the percentile interval: the quantiles q = (1 - level) / 2 and 1 - q
+    of ``replicates`` (``numpy.nanquantile``, linear interpolation, NaN left out), along ``axis``
+    (None: all of them, two floats; an int: two arrays). A slice without a finite value gives NaN."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+    q = (1 - level) / 2
+    low, high = np.nanquantile(np.asarray(replicates, dtype=np.float64), [q, 1 - q], axis=axis)
+    return (float(low), float(high)) if axis is None else (low, high)
+
+
+def percentile_interval(value, replicates, level: float = 0.95) -> Estimate:
+    """``value`` with the percentile interval of its bootstrap ``replicates`` (``percentile_bounds``);
+    no finite replicate (none drawn, or the statistic undefined on every one) gives a zero-width
+    interval at ``value``."""
+    replicates = np.asarray(replicates, dtype=np.float64)
+    finite = replicates[np.isfinite(replicates)]
+    if len(finite) == 0:
+        return Estimate(float(value), float(value), float(value), level)
+    return Estimate(float(value), *percentile_bounds(finite, level), level)
+
+
+def paired_difference(value_a, replicates_a, value_b, replicates_b, level: float = 0.95) -> Estimate:
+    """``value_a - value_b`` with the percentile interval of the replicate differences; a and b must
+    come from the same resamples (same labels, seed and count), so the difference is paired."""
+    replicates_a, replicates_b = np.asarray(replicates_a), np.asarray(replicates_b)
+    if replicates_a.shape != replicates_b.shape:
+        raise ValueError(f"the two statistics have different replicates: {replicates_a.shape} vs "
+                         f"{replicates_b.shape}; a paired difference needs the same resamples")
+    return percentile_interval(value_a - value_b, replicates_a - replicates_b, level)
 
 
 def bootstrap_ci(samples, statistic: Callable = np.mean, *, n_resamples: int = 1000,
