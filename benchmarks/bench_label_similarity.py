@@ -1,7 +1,7 @@
 """Memory and time of the label-similarity statistics at ImageNet scale (seed 002's setting).
 
 Streams 50,000 feature vectors of 7,616 channels (ResNet-34's conv channels, downsample excluded)
-over 1,000 classes into ``label_similarity.ClassStats`` in chunks of generated random data, then
+over 1,000 classes into ``class_statistics.ClassStats`` in chunks of generated random data, then
 computes the full 1,000 x 1,000 similarity matrices (Welch t, pure GAP; each a C x K statistic and
 one cosine matrix). Holding all features at float32 would take 1.5 GB.
 
@@ -27,6 +27,7 @@ import tracemalloc
 import numpy as np
 import torch
 
+from gradsim_utils import class_statistics as cs
 from gradsim_utils import label_similarity as ls
 
 from _settings import TINY, results_path
@@ -40,12 +41,12 @@ def _rss_peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _stream(seed: int = 0) -> ls.ClassStats:
+def _stream(seed: int = 0) -> cs.ClassStats:
     """Feed N_IMAGES random non-negative 'GAP' vectors with class-dependent means, CHUNK at a time."""
     rng = np.random.default_rng(seed)
     class_shift = rng.random((N_CLASSES, N_CHANNELS), dtype=np.float32)
     labels = np.repeat(np.arange(N_CLASSES), N_IMAGES // N_CLASSES)  # the ImageNet validation layout
-    stats = ls.ClassStats(N_CLASSES, N_CHANNELS)
+    stats = cs.ClassStats(N_CLASSES, N_CHANNELS)
     for start in range(0, N_IMAGES, CHUNK):
         y = labels[start:start + CHUNK]
         x = rng.random((len(y), N_CHANNELS), dtype=np.float32)

@@ -4,8 +4,8 @@ Modules, one concern each, in the layers of DESIGN.md section 11 (each imports o
 lower ones, without a circle; ``tests/test_layers.py`` checks it):
 
 1. ``profiles`` (scale settings), ``cache`` (content-addressed disk cache), ``stats`` (bootstrap
-   intervals), ``devices`` (device and memory format), ``provenance`` (commit, versions, machine),
-   and the leaves ``plotting``, ``report`` (glued numbers, recorded claims) and ``book``
+   draws, percentile intervals), ``devices`` (device and memory format), ``provenance`` (commit,
+   versions, machine), and the leaves ``plotting``, ``report`` (glued numbers, recorded claims) and ``book``
    (papermill + jupyter-book runner);
 2. ``data`` (controlled benchmark with its class names and normalisation, diffusion images, image
    folders), ``nets`` (what a model is: ResNet layout, tiny ResNets, ``ModelInfo``, input
@@ -15,13 +15,16 @@ lower ones, without a circle; ``tests/test_layers.py`` checks it):
    gradient weights);
 4. the methods: ``similarity`` (cosine tables), ``clustering`` (K-means, GMM, scores), ``saliency``
    (Grad-CAM maps and map metrics), ``localisation`` (boxes, IoU, pointing game),
-   ``label_similarity`` (seed 002), ``rsvc`` (seed 003), ``metric_learning`` and ``sfam`` (seed
-   004), ``alignment`` (seed 001's gradient-alignment loss, HVP, mutual information).
+   ``gap_statistics`` (GAP of every conv, by hooks), ``class_statistics`` (streaming class sums,
+   Welch t), ``label_similarity`` (class-similarity agreement), ``folder_statistics`` (an image
+   folder streamed class by class; these four: seed 002), ``rsvc`` (seed 003), ``metric_learning``
+   and ``sfam`` (seed 004), ``alignment`` (seed 001's gradient-alignment loss, HVP, mutual information).
 """
-from . import (alignment, cache, clustering, data, devices, extract, label_similarity, localisation, metric_learning,
-               models, nets, plotting, profiles, provenance, report, rsvc, saliency, sfam, similarity, stats, training)
+from . import (alignment, cache, class_statistics, clustering, data, devices, extract, folder_statistics, gap_statistics,
+               label_similarity, localisation, metric_learning, models, nets, plotting, profiles, provenance, report, rsvc,
+               saliency, sfam, similarity, stats, training)
 
-__all__ = ["alignment", "cache", "clustering", "data", "devices", "extract", "label_similarity", "localisation",
-           "metric_learning", "models", "nets", "plotting", "profiles", "provenance", "report", "rsvc", "saliency",
-           "sfam", "similarity", "stats", "training"]
+__all__ = ["alignment", "cache", "class_statistics", "clustering", "data", "devices", "extract", "folder_statistics",
+           "gap_statistics", "label_similarity", "localisation", "metric_learning", "models", "nets", "plotting",
+           "profiles", "provenance", "report", "rsvc", "saliency", "sfam", "similarity", "stats", "training"]
 __version__ = "0.1.0"

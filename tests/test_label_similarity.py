@@ -1,5 +1,6 @@
-"""Label similarity (seed 002): Welch's t against scipy, GAP hooks against direct computation,
-rankings and agreement against hand-worked examples and scipy, bad input."""
+"""Label similarity (seed 002; modules class_statistics, gap_statistics, label_similarity,
+folder_statistics): Welch's t against scipy, GAP hooks against direct computation, rankings and
+agreement against hand-worked examples and scipy, bad input."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,6 +10,9 @@ import torchvision
 from PIL import Image
 from scipy import stats
 
+from gradsim_utils import class_statistics as cs
+from gradsim_utils import folder_statistics as fs
+from gradsim_utils import gap_statistics as gs
 from gradsim_utils import label_similarity as ls
 from gradsim_utils import models, nets
 
@@ -28,7 +32,7 @@ def features():
 
 def test_welch_equals_scipy_on_raw_values(features):
     x, y = features
-    t = ls.ClassStats.from_features(x, y).welch_t()
+    t = cs.ClassStats.from_features(x, y).welch_t()
     ref = _scipy_welch(x, y)
     assert np.max(np.abs(t - ref) / np.abs(ref)) < 1e-6
 
@@ -36,10 +40,10 @@ def test_welch_equals_scipy_on_raw_values(features):
 def test_streaming_in_chunks_equals_one_pass(features):
     x, y = features
     order = np.random.default_rng(1).permutation(len(y))
-    stream = ls.ClassStats(5, x.shape[1])
+    stream = cs.ClassStats(5, x.shape[1])
     for chunk in np.array_split(order, 4):
         stream.update(torch.from_numpy(x[chunk]), torch.from_numpy(y[chunk]))
-    whole = ls.ClassStats.from_features(x, y)
+    whole = cs.ClassStats.from_features(x, y)
     np.testing.assert_array_equal(stream.count, whole.count)
     np.testing.assert_allclose(stream.welch_t(), whole.welch_t(), rtol=1e-9)
     np.testing.assert_allclose(stream.means(), [x[y == c].mean(0) for c in range(5)], rtol=1e-12)
@@ -47,8 +51,8 @@ def test_streaming_in_chunks_equals_one_pass(features):
 
 def test_float32_torch_path_matches_float64(features):
     x, y = features
-    s = ls.ClassStats.from_features(x, y)
-    t32 = ls.welch_from_sums(torch.from_numpy(s.count).float(), torch.from_numpy(s.sum).float(),
+    s = cs.ClassStats.from_features(x, y)
+    t32 = cs.welch_from_sums(torch.from_numpy(s.count).float(), torch.from_numpy(s.sum).float(),
                              torch.from_numpy(s.sumsq).float())
     assert t32.dtype == torch.float32
     np.testing.assert_allclose(t32.numpy(), s.welch_t(), rtol=1e-3, atol=1e-3)
@@ -64,7 +68,7 @@ def test_zero_variance_channels_give_zero_not_nan():
     with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
         ref = _scipy_welch(x, y)
     assert np.isnan(ref[:, 0]).all()  # what the rule replaces
-    t = ls.ClassStats.from_features(x, y).welch_t()
+    t = cs.ClassStats.from_features(x, y).welch_t()
     assert np.isfinite(t).all()
     np.testing.assert_array_equal(t[:, :2], 0.0)
     assert t[0, 2] == 0.0  # class 0 against the rest: both groups constant, means differ: the rule says 0
@@ -73,19 +77,19 @@ def test_zero_variance_channels_give_zero_not_nan():
 
 def test_class_with_one_image_and_empty_class_raise():
     x = np.random.default_rng(0).normal(size=(7, 3))
-    one = ls.ClassStats.from_features(x, np.array([0, 0, 0, 1, 1, 1, 2]))
+    one = cs.ClassStats.from_features(x, np.array([0, 0, 0, 1, 1, 1, 2]))
     with pytest.raises(ValueError, match="class 2 has 1 image"):
         one.welch_t()
     one.means()  # a mean of one image is defined
-    empty = ls.ClassStats.from_features(x, np.array([0, 0, 0, 1, 1, 1, 1]), n_classes=3)
+    empty = cs.ClassStats.from_features(x, np.array([0, 0, 0, 1, 1, 1, 1]), n_classes=3)
     with pytest.raises(ValueError, match="class 2 has no images"):
         empty.means()
     with pytest.raises(ValueError, match="at least two images"):
-        ls.welch_from_sums(np.array([3, 1]), np.zeros((2, 1)), np.zeros((2, 1)))
+        cs.welch_from_sums(np.array([3, 1]), np.zeros((2, 1)), np.zeros((2, 1)))
 
 
 def test_bad_features_and_labels_raise():
-    stats_ = ls.ClassStats(3, 2)
+    stats_ = cs.ClassStats(3, 2)
     with pytest.raises(ValueError, match="NaN or Inf"):
         stats_.update(np.array([[0.0, np.nan]]), np.array([0]))
     with pytest.raises(ValueError, match="labels must lie"):
@@ -98,15 +102,15 @@ def test_bad_features_and_labels_raise():
 
 def test_conv_layer_names_follow_the_reference():
     net = torchvision.models.resnet34(weights=None)
-    names = ls.conv_layer_names(net)
+    names = gs.conv_layer_names(net)
     modules = dict(net.named_modules())
     assert len(names) == 33 and not any("downsample" in n for n in names)
     assert sum(modules[n].out_channels for n in names) == 7616  # the seed's ResNet-34 total
-    assert ls.conv_layer_names(net, ["layer4.*.conv2"]) == ["layer4.0.conv2", "layer4.1.conv2", "layer4.2.conv2"]
+    assert gs.conv_layer_names(net, ["layer4.*.conv2"]) == ["layer4.0.conv2", "layer4.1.conv2", "layer4.2.conv2"]
     with pytest.raises(ValueError, match=r"\['layer9\.\*'\] match no nn.Conv2d"):
-        ls.conv_layer_names(net, ["layer4.0.conv1", "layer9.*"])
+        gs.conv_layer_names(net, ["layer4.0.conv1", "layer9.*"])
     with pytest.raises(ValueError, match="non-empty list"):
-        ls.conv_layer_names(net, [])
+        gs.conv_layer_names(net, [])
 
 
 def test_gap_hooks_match_direct_computation_and_are_released():
@@ -118,7 +122,7 @@ def test_gap_hooks_match_direct_computation_and_are_released():
             m.running_var.uniform_(0.5, 2.0)
     net.train()
     x = torch.randn(5, 3, 16, 16)
-    feats = ls.gap_features(net, x, batch_size=2, device="cpu", progress=False)
+    feats = gs.gap_features(net, x, batch_size=2, device="cpu", progress=False)
     assert net.training and all(m.training for m in net.modules())  # modes restored
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())  # hooks released
     net.eval()
@@ -130,9 +134,9 @@ def test_gap_hooks_match_direct_computation_and_are_released():
     assert feats.gap["conv"].shape[1] == sum(feats.channels) == 4 + 4 * 4 + 4 * 8 + 4 * 16 + 4 * 32
     assert feats.hidden.shape == (5, 32)
     with pytest.raises(ValueError, match="where must be"):
-        ls.gap_features(net, x, where=("relu",), progress=False)
+        gs.gap_features(net, x, where=("relu",), progress=False)
     with pytest.raises(ValueError, match="classifier 'head'"):
-        ls.gap_features(net, x, classifier="head", progress=False)
+        gs.gap_features(net, x, classifier="head", progress=False)
 
 
 def test_hidden_state_is_not_the_gap_means():
@@ -140,7 +144,7 @@ def test_hidden_state_is_not_the_gap_means():
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(4), 5)
     gap, hidden = rng.random((20, 8)), rng.random((20, 3))
-    mats = ls.similarity_matrices(ls.ClassStats.from_features(gap, y), ls.ClassStats.from_features(hidden, y))
+    mats = ls.similarity_matrices(cs.ClassStats.from_features(gap, y), cs.ClassStats.from_features(hidden, y))
     means = np.stack([hidden[y == c].mean(0) for c in range(4)])
     unit = means / np.linalg.norm(means, axis=1, keepdims=True)
     np.testing.assert_allclose(mats["hidden"], unit @ unit.T, atol=1e-12)
@@ -193,7 +197,7 @@ def test_bootstrap_agreement_points_and_pairing():
     b = ls.bootstrap_agreement({"conv": gap}, hidden, y, truth, k=1, n_resamples=40, seed=3)
     assert set(a.point) == {(m, s) for m in ("Welch t (conv)", "pure GAP (conv)", "hidden")
                             for s in ("spearman", "precision")}
-    stats_ = ls.ClassStats.from_features(gap.numpy(), y)
+    stats_ = cs.ClassStats.from_features(gap.numpy(), y)
     assert a.point[("Welch t (conv)", "spearman")] == pytest.approx(
         ls.spearman_agreement(ls.cosine_rows(stats_.welch_t()), truth))
     for key, s in a.samples.items():
@@ -212,10 +216,10 @@ def test_image_folder_stats_streams_classes(tmp_path):
         for i in range(2):
             Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / name / f"{i}.png")
     net = models.load_model("resnet18", profile="paper-dryrun", weights=None, device="cpu", progress=False)
-    out = ls.image_folder_stats(tmp_path, net, device="cpu", progress=False, resize=64, crop=56)
+    out = fs.image_folder_stats(tmp_path, net, device="cpu", progress=False, resize=64, crop=56)
     assert out.class_names == ["baseball", "golf_ball", "knot"] and out.imagenet_indices == [429, 574, 616]
     assert out.n_images == 6 and out.gap["conv"].count.tolist() == [2, 2, 2]
     assert out.gap["conv"].sum.shape == (3, 3904) and out.hidden.sum.shape == (3, 512)
     assert out.thumbnails.shape == (3, 3, 96, 96)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        ls.image_folder_stats(tmp_path / "missing", net, progress=False)
+        fs.image_folder_stats(tmp_path / "missing", net, progress=False)

@@ -19,8 +19,8 @@ LAYERS = {
     1: ("profiles", "cache", "stats", "devices", "provenance", "book", "plotting", "report"),
     2: ("data", "nets"),
     3: ("training", "models", "extract"),
-    4: ("similarity", "clustering", "saliency", "localisation", "label_similarity", "rsvc", "sfam",
-        "metric_learning", "alignment"),
+    4: ("similarity", "clustering", "saliency", "localisation", "gap_statistics", "class_statistics",
+        "label_similarity", "folder_statistics", "rsvc", "sfam", "metric_learning", "alignment"),
 }
 LAYER = {module: layer for layer, modules in LAYERS.items() for module in modules}
 FACADE = "__init__"  # imports every module for `from gradsim_utils import ...`; above all layers
