@@ -19,7 +19,7 @@ import hashlib
 import math
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +29,10 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import data, models, nets, provenance, training
+from . import data, models, nets, profiles, provenance, training
 from .cache import cached_torch, cache_key
 from .devices import get_device, place
-from .profiles import Profile, get_profile
+from .profiles import Profile
 from .sfam import METRICS
 
 __all__ = ["CODE_VERSION", "TRAINING_FIELDS", "MetricConfig", "config_for_profile", "MetricModel", "build_metric_model",
@@ -46,7 +46,7 @@ CODE_VERSION = "metric-learning-2"
 
 @dataclass(frozen=True)
 class MetricConfig:
-    """Scale of the SFAM chapter under one profile.
+    """Scale of the SFAM chapter under one profile (its values: ``profiles.chapter_settings(p, "sfam")``).
 
     backbones: model name per metric; weights: torchvision weights for ``resnetNN`` backbones
     (None: random); train_*: episodic training (``train_steps=0`` keeps the initial weights);
@@ -57,20 +57,20 @@ class MetricConfig:
 
     backbones: tuple[tuple[str, str], ...]
     image_size: int
-    base_width: int = 16
-    weights: str | None = None
-    n_train_per_class: int = 300
-    train_steps: int = 150
-    train_way: int = 10
-    train_shot: int = 4
-    train_query: int = 4
-    lr: float = 3e-3
-    n_eval_per_class: int = 60
-    n_episodes: int = 1000
-    n_loc_episodes: int = 1000
-    n_sanity_pairs: int = 48
-    n_sanity_stages: int | None = None
-    batch_size: int = 128
+    base_width: int
+    weights: str | None
+    n_train_per_class: int
+    train_steps: int
+    train_way: int
+    train_shot: int
+    train_query: int
+    lr: float
+    n_eval_per_class: int
+    n_episodes: int
+    n_loc_episodes: int
+    n_sanity_pairs: int
+    n_sanity_stages: int | None
+    batch_size: int
 
     def backbone(self, metric: str) -> str:
         return dict(self.backbones)[metric]
@@ -80,30 +80,10 @@ class MetricConfig:
 TRAINING_FIELDS = ("image_size", "base_width", "weights", "n_train_per_class", "train_steps", "train_way",
                    "train_shot", "train_query", "lr")
 
-_CONFIGS = {
-    "smoke": MetricConfig(backbones=(("euclidean", "tiny-resnet18"), ("cosine", "tiny-resnet18")),
-                          image_size=32, base_width=8, n_train_per_class=20, train_steps=3,
-                          train_shot=2, train_query=2, n_eval_per_class=8, n_episodes=100,
-                          n_loc_episodes=60, n_sanity_pairs=8),
-    "quick": MetricConfig(backbones=(("euclidean", "tiny-resnet18"), ("cosine", "tiny-resnet18")),
-                          image_size=64, base_width=8, n_train_per_class=300, train_steps=120,
-                          n_eval_per_class=80, n_episodes=1000, n_loc_episodes=1000,
-                          n_sanity_pairs=48),
-    "paper": MetricConfig(backbones=(("euclidean", "resnet18"), ("cosine", "resnet50")),
-                          image_size=224, weights="IMAGENET1K_V1", train_steps=2000, train_way=20,
-                          train_shot=5, train_query=10, lr=1e-3, n_eval_per_class=60,
-                          n_episodes=2000, n_loc_episodes=10000, n_sanity_pairs=100, batch_size=64),
-    "paper-dryrun": MetricConfig(backbones=(("euclidean", "resnet18"), ("cosine", "resnet50")),
-                                 image_size=224, weights=None, train_steps=0, n_eval_per_class=7,
-                                 n_episodes=20, n_loc_episodes=10, n_sanity_pairs=3,
-                                 n_sanity_stages=3, batch_size=32),
-}
-
 
 def config_for_profile(profile: str | Profile, **overrides) -> MetricConfig:
     """The chapter's settings for ``profile`` (a name or Profile), with fields replaced by ``overrides``."""
-    name = profile.name if isinstance(profile, Profile) else get_profile(profile).name
-    return MetricConfig(**{**asdict(_CONFIGS[name]), **overrides})
+    return MetricConfig(**profiles.chapter_settings(profile, "sfam", **overrides))
 
 
 # ---------------------------------------------------------------------------------------------
