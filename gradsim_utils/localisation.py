@@ -81,8 +81,7 @@ def paired_box_iou(boxes_a, boxes_b) -> torch.Tensor:
 
 
 def localisation_hits(ious, min_iou: float = SEED004_MIN_IOU) -> np.ndarray:
-    """Per map, whether its box's IoU with the ground truth is >= ``min_iou`` (seed 004, 0.5): bool,
-    the shape of ``ious`` (so a bootstrap can resample the hits, or the IoUs and score them here)."""
+    """Whether each box's IoU with the ground truth is >= ``min_iou`` (seed 004, 0.5): bool, shaped as ``ious``."""
     return np.asarray(ious, dtype=np.float64) >= min_iou
 
 

@@ -42,22 +42,22 @@ class Profile:
     extra: dict = field(default_factory=dict, hash=False)
 
 
-# Chapter 8 (SFAM, metric_learning.MetricConfig): what the profiles below do not replace.
+# Chapter 8 ("sfam", the fields of metric_learning.MetricConfig): what the profiles below leave as is.
 _SFAM = dict(base_width=16, weights=None, n_train_per_class=300, train_steps=150, train_way=10, train_shot=4,
              train_query=4, lr=3e-3, n_eval_per_class=60, n_episodes=1000, n_loc_episodes=1000,
              n_sanity_pairs=48, n_sanity_stages=None, batch_size=128)
 _TINY_METRIC = (("euclidean", "tiny-resnet18"), ("cosine", "tiny-resnet18"))
 _TORCHVISION_METRIC = (("euclidean", "resnet18"), ("cosine", "resnet50"))
-# Chapter 9 (gradient alignment) always trains on the benchmark: paper-dryrun runs the smoke sizes,
+# Chapter 9 ("alignment") always trains on the benchmark: paper-dryrun runs the smoke sizes,
 # paper the quick ones. configs: (form, lambda) pairs; lambda 0 is the plain classifier.
 _ALIGNMENT_SMOKE = dict(image_size=32, n_train_per_class=8, n_analysis_per_class=4, epochs=1, n_seeds=1,
                         configs=(("cosine", 0.0), ("cosine", 1.0)), n_curvature_images=4, power_iterations=3)
 _ALIGNMENT_QUICK = dict(image_size=32, n_train_per_class=150, n_analysis_per_class=50, epochs=2, n_seeds=3,
                         configs=(("cosine", 0.0), ("cosine", 0.1), ("cosine", 1.0), ("euclidean", 1.0)),
                         n_curvature_images=20, power_iterations=8)
-# Chapter 7 (RSVC): the marker pair always trains on the benchmark (marker_train / marker_analysis
-# images per class, marker_epochs); the depth comparison analyses `classes` classes, the layer-wise
-# heatmap `layer_classes`.
+# Chapter 7 ("rsvc") trains its marker pair on the benchmark too (marker_train / marker_analysis images
+# per class, marker_epochs); its depth comparison analyses `classes` classes, the layer-wise heatmap
+# `layer_classes`.
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
@@ -102,12 +102,12 @@ PROFILES: dict[str, Profile] = {
     ),
 }
 
+
 def get_profile(name: str = "quick", **overrides) -> Profile:
     """The profile called ``name``, with any field replaced by ``overrides``."""
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
     return replace(PROFILES[name], **overrides)
-
 
 
 def chapter_settings(profile: str | Profile, chapter: str, **overrides) -> dict:
