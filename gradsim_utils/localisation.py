@@ -12,7 +12,7 @@ import torch
 from scipy import ndimage
 
 __all__ = ["SEED004_THRESHOLD", "SEED004_MIN_IOU", "normalise_maps", "threshold_box", "threshold_boxes",
-           "paired_box_iou", "localisation_accuracy", "pointing_game", "mask_iou"]
+           "paired_box_iou", "localisation_hits", "localisation_accuracy", "pointing_game", "mask_iou"]
 
 SEED004_THRESHOLD = 0.2
 SEED004_MIN_IOU = 0.5
@@ -80,12 +80,17 @@ def paired_box_iou(boxes_a, boxes_b) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(union))
 
 
+def localisation_hits(ious, min_iou: float = SEED004_MIN_IOU) -> np.ndarray:
+    """Whether each box's IoU with the ground truth is >= ``min_iou`` (seed 004, 0.5): bool, shaped as ``ious``."""
+    return np.asarray(ious, dtype=np.float64) >= min_iou
+
+
 def localisation_accuracy(ious, min_iou: float = SEED004_MIN_IOU) -> float:
     """Share of maps whose box has IoU >= ``min_iou`` with the ground truth (seed 004, 0.5)."""
-    ious = torch.as_tensor(ious, dtype=torch.float64)
-    if ious.numel() == 0:
+    hits = localisation_hits(ious, min_iou)
+    if hits.size == 0:
         raise ValueError("no IoUs to score (empty input)")
-    return float((ious >= min_iou).double().mean())
+    return float(hits.mean())
 
 
 def pointing_game(maps, masks) -> torch.Tensor:

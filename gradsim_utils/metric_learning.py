@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+import tempfile
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +31,16 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import data, models, nets, provenance, training
+from . import data, models, nets, profiles, provenance, training
 from .cache import cached_torch, cache_key
 from .devices import get_device, place
-from .profiles import Profile, get_profile
+from .profiles import Profile
 from .sfam import METRICS
 
 __all__ = ["CODE_VERSION", "TRAINING_FIELDS", "MetricConfig", "config_for_profile", "MetricModel", "build_metric_model",
            "episode_scores", "sample_episodes", "episode_accuracy", "train_metric_model",
-           "load_metric_model", "FewShotData", "benchmark_novel", "CUB_FILES", "load_cub",
-           "write_cub_folder", "cub_fingerprint"]
+           "load_metric_model", "localisation_pairs", "FewShotData", "benchmark_novel", "CUB_FILES",
+           "load_cub", "write_cub_folder", "cub_fingerprint", "FewShotSource", "fewshot_source"]
 
 # 2: contiguous training on CPU (devices.memory_format), the machine recorded in the metrics
 CODE_VERSION = "metric-learning-2"
@@ -46,7 +48,7 @@ CODE_VERSION = "metric-learning-2"
 
 @dataclass(frozen=True)
 class MetricConfig:
-    """Scale of the SFAM chapter under one profile.
+    """Scale of the SFAM chapter under one profile (its values: ``profiles.chapter_settings(p, "sfam")``).
 
     backbones: model name per metric; weights: torchvision weights for ``resnetNN`` backbones
     (None: random); train_*: episodic training (``train_steps=0`` keeps the initial weights);
@@ -57,20 +59,20 @@ class MetricConfig:
 
     backbones: tuple[tuple[str, str], ...]
     image_size: int
-    base_width: int = 16
-    weights: str | None = None
-    n_train_per_class: int = 300
-    train_steps: int = 150
-    train_way: int = 10
-    train_shot: int = 4
-    train_query: int = 4
-    lr: float = 3e-3
-    n_eval_per_class: int = 60
-    n_episodes: int = 1000
-    n_loc_episodes: int = 1000
-    n_sanity_pairs: int = 48
-    n_sanity_stages: int | None = None
-    batch_size: int = 128
+    base_width: int
+    weights: str | None
+    n_train_per_class: int
+    train_steps: int
+    train_way: int
+    train_shot: int
+    train_query: int
+    lr: float
+    n_eval_per_class: int
+    n_episodes: int
+    n_loc_episodes: int
+    n_sanity_pairs: int
+    n_sanity_stages: int | None
+    batch_size: int
 
     def backbone(self, metric: str) -> str:
         return dict(self.backbones)[metric]
@@ -80,30 +82,10 @@ class MetricConfig:
 TRAINING_FIELDS = ("image_size", "base_width", "weights", "n_train_per_class", "train_steps", "train_way",
                    "train_shot", "train_query", "lr")
 
-_CONFIGS = {
-    "smoke": MetricConfig(backbones=(("euclidean", "tiny-resnet18"), ("cosine", "tiny-resnet18")),
-                          image_size=32, base_width=8, n_train_per_class=20, train_steps=3,
-                          train_shot=2, train_query=2, n_eval_per_class=8, n_episodes=100,
-                          n_loc_episodes=60, n_sanity_pairs=8),
-    "quick": MetricConfig(backbones=(("euclidean", "tiny-resnet18"), ("cosine", "tiny-resnet18")),
-                          image_size=64, base_width=8, n_train_per_class=300, train_steps=120,
-                          n_eval_per_class=80, n_episodes=1000, n_loc_episodes=1000,
-                          n_sanity_pairs=48),
-    "paper": MetricConfig(backbones=(("euclidean", "resnet18"), ("cosine", "resnet50")),
-                          image_size=224, weights="IMAGENET1K_V1", train_steps=2000, train_way=20,
-                          train_shot=5, train_query=10, lr=1e-3, n_eval_per_class=60,
-                          n_episodes=2000, n_loc_episodes=10000, n_sanity_pairs=100, batch_size=64),
-    "paper-dryrun": MetricConfig(backbones=(("euclidean", "resnet18"), ("cosine", "resnet50")),
-                                 image_size=224, weights=None, train_steps=0, n_eval_per_class=7,
-                                 n_episodes=20, n_loc_episodes=10, n_sanity_pairs=3,
-                                 n_sanity_stages=3, batch_size=32),
-}
-
 
 def config_for_profile(profile: str | Profile, **overrides) -> MetricConfig:
     """The chapter's settings for ``profile`` (a name or Profile), with fields replaced by ``overrides``."""
-    name = profile.name if isinstance(profile, Profile) else get_profile(profile).name
-    return MetricConfig(**{**asdict(_CONFIGS[name]), **overrides})
+    return MetricConfig(**profiles.chapter_settings(profile, "sfam", **overrides))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,6 +207,21 @@ def episode_accuracy(embeddings: torch.Tensor, support: torch.Tensor, query: tor
     truth = torch.arange(way).repeat_interleave(n_query)
     correct = (scores.argmax(-1) == truth).reshape(e, way, n_query)
     return correct.float().mean(dim=(1, 2)), correct
+
+
+def localisation_pairs(embeddings: torch.Tensor, labels: torch.Tensor, n_episodes: int, n_way: int, metric: str,
+                       generator: torch.Generator) -> dict:
+    """The query-support pairs SFAM's localisation scores (seed 004 section 4.3).
+
+    ``n_episodes`` ``n_way``-way 1-shot episodes with one query each, of a class drawn at random
+    (after the episodes, from the same ``generator``); only correctly classified queries are kept, as
+    in the seed. Returns ``{"query": (P,), "support": (P, 1), "n_queries": n_episodes}``.
+    """
+    support, query, _ = sample_episodes(labels, n_episodes, n_way, 1, 1, generator)
+    _, correct = episode_accuracy(embeddings, support, query, metric)
+    rows, target = torch.arange(len(query)), torch.randint(n_way, (len(query),), generator=generator)
+    keep = correct[rows, target, 0]
+    return {"query": query[rows, target, 0][keep], "support": support[rows, target][keep], "n_queries": len(query)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,3 +427,45 @@ def write_cub_folder(root, images: torch.Tensor, labels: torch.Tensor, boxes: to
     for name, rows in lines.items():
         (root / name).write_text("\n".join(rows) + "\n")
     return root
+
+
+@dataclass
+class FewShotSource:
+    """The SFAM chapter's data: what it is (``name``), the novel-class evaluation pool, the training
+    data's id for the cache (``data_id``) and ``train_data()`` -> (images, labels) of the base classes."""
+
+    name: str
+    novel: FewShotData
+    data_id: str
+    train_data: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+
+
+def fewshot_source(profile: Profile, config: MetricConfig, seed: int = 0, cub_root="") -> FewShotSource:
+    """The data of ``profile`` at ``config``'s scale: the benchmark's base and novel classes ("benchmark"),
+    a CUB-200-2011-style folder ``cub_root`` ("diffusion", i.e. paper; FileNotFoundError without one)
+    or a small generated folder in the CUB layout, written to a temporary directory ("diffusion-dryrun")."""
+    if profile.data == "benchmark":
+        def train_benchmark():
+            base = data.make_benchmark(n_per_class=config.n_train_per_class, split="train", seed=seed,
+                                       image_size=config.image_size)
+            return base.images, base.labels
+        novel = benchmark_novel(config.n_eval_per_class, config.image_size, seed)
+        return FewShotSource("the controlled benchmark", novel, training.benchmark_fingerprint(seed, config.image_size),
+                             train_benchmark)
+    if profile.data == "diffusion-dryrun":  # the paper code path on a tiny generated folder
+        name = "a generated folder in the CUB-200 layout (dry run)"
+        fake = data.make_benchmark(n_per_class=config.n_eval_per_class, image_size=96, seed=seed, classes="all")
+        cub_root = write_cub_folder(tempfile.mkdtemp(prefix="gradsim-cub-"), fake.images, fake.labels, fake.boxes,
+                                    fake.class_names)
+    elif not cub_root:
+        raise FileNotFoundError(f"profile {profile.name!r} needs the notebook parameter cub_root: the path of a "
+                                "CUB_200_2011-style folder (images/, images.txt, image_class_labels.txt, "
+                                "classes.txt, bounding_boxes.txt), e.g. -p cub_root /data/CUB_200_2011")
+    else:
+        name = "CUB-200-2011"
+
+    def train_cub():
+        base = load_cub(cub_root, config.image_size, split="base")
+        return base.images, base.labels
+    return FewShotSource(name, load_cub(cub_root, config.image_size, split="novel"), cub_fingerprint(cub_root),
+                         train_cub)

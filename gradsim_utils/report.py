@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from myst_nb import glue as _myst_glue
 
+from .cache import atomic_write
+
 __all__ = ["glue", "as_builtin", "record_claim", "load_claims", "claims_for_profile", "claims_markdown_table",
            "VERDICTS"]
 
@@ -36,15 +38,16 @@ VERDICTS = ("reproduced", "not reproduced", "explained by an artifact", "not tes
 RESULTS_DIR = "_results"
 
 
-def record_claim(claim_id: str, *, chapter: str, seed: str, claim: str, seed_value: str, ours,
+def record_claim(claim_id: str, *, chapter: str, source: str, claim: str, source_value: str, ours,
                  verdict: str, fmt: str = ".3f", ci: tuple[float, float] | None = None,
                  evidence: str = "", results_dir: str | Path = RESULTS_DIR) -> dict:
-    """One claim of a seed, our number for it and the verdict, for the book's summary page.
+    """One claim of a source paper (``source``: the seed, e.g. "004"), our number for it and the verdict,
+    for the book's summary page.
 
     ``ours`` is glued under ``claim_id`` (so the summary page can show it by cross-notebook glue,
     ``{glue:text}`<chapter>.ipynb::<claim_id>```) and the record is merged into
     ``<results_dir>/<chapter>.json`` (relative to the executing notebook, i.e. ``book/_results``).
-    ``seed_value`` is the seed's number quoted as text; ``verdict`` must be one of ``VERDICTS``
+    ``source_value`` is the paper's number quoted as text; ``verdict`` must be one of ``VERDICTS``
     and must be computed by the chapter from its numbers, never typed as a constant outcome.
     """
     if verdict not in VERDICTS:
@@ -53,18 +56,15 @@ def record_claim(claim_id: str, *, chapter: str, seed: str, claim: str, seed_val
         raise ValueError(f"claim_id must be letters, digits, '_' or '-', got {claim_id!r}")
     ours = as_builtin(ours)
     record = {
-        "claim_id": claim_id, "chapter": chapter, "seed": seed, "claim": claim,
-        "seed_value": str(seed_value), "ours": ours, "fmt": fmt, "verdict": verdict,
+        "claim_id": claim_id, "chapter": chapter, "source": source, "claim": claim,
+        "source_value": str(source_value), "ours": ours, "fmt": fmt, "verdict": verdict,
         "ci": None if ci is None else [as_builtin(ci[0]), as_builtin(ci[1])], "evidence": evidence,
     }
     glue(claim_id, ours)
     path = Path(results_dir) / f"{chapter}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     records = json.loads(path.read_text()) if path.exists() else {}
     records[claim_id] = record
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(records, indent=1))
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(records, indent=1)))
     return record
 
 
@@ -107,6 +107,6 @@ def claims_markdown_table(claims: list[dict]) -> str:
                 ours += f" [{c['ci'][0]:{c['fmt']}}, {c['ci'][1]:{c['fmt']}}]"
         else:
             ours = f"{{glue:text}}`{c['chapter']}.ipynb::{c['claim_id']}`"
-        cells = [c["seed"], f"{{doc}}`{c['chapter']}`", c["claim"], c["seed_value"], ours, f"**{c['verdict']}**"]
+        cells = [c["source"], f"{{doc}}`{c['chapter']}`", c["claim"], c["source_value"], ours, f"**{c['verdict']}**"]
         lines.append("| " + " | ".join(str(cell).replace("|", "\\|").replace("\n", " ") for cell in cells) + " |")
     return "\n".join(lines)

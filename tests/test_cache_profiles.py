@@ -53,6 +53,21 @@ def test_unknown_profile_and_overrides():
     assert profiles.get_profile("quick").name == "quick"
 
 
+def test_chapter_settings_copy_the_profile_and_name_unknown_overrides():
+    quick = profiles.get_profile("quick")
+    assert hash(quick) == hash(profiles.get_profile("quick"))            # extra stays out of the hash
+    sizes = profiles.chapter_settings("quick", "alignment", epochs=5)
+    assert sizes["epochs"] == 5 and sizes["n_seeds"] == 3
+    sizes["configs"] = ()
+    assert profiles.chapter_settings(quick, "alignment")["configs"]      # a copy: the profile is unchanged
+    assert profiles.chapter_settings("paper-dryrun", "alignment") == profiles.chapter_settings("smoke", "alignment")
+    with pytest.raises(ValueError, match=r"unknown rsvc setting\(s\) \['clases'\]"):
+        profiles.chapter_settings("smoke", "rsvc", clases=3)
+    with pytest.raises(ValueError, match="no settings for chapter 'nope'"):
+        profiles.chapter_settings("smoke", "nope")
+    assert all(set(p.extra) == {"sfam", "rsvc", "alignment"} for p in profiles.PROFILES.values())
+
+
 def test_device_selection():
     assert devices.get_device("cpu") == torch.device("cpu")
     expected = "cuda" if torch.cuda.is_available() else "cpu"

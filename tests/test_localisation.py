@@ -45,6 +45,8 @@ def test_hand_worked_iou_and_accuracy():
     iou = loc.paired_box_iou([[0, 0, 2, 2], [0, 0, 2, 2], [0, 0, 1, 1]], [[1, 1, 3, 3], [0, 0, 2, 2], [5, 5, 6, 6]])
     assert iou.tolist() == pytest.approx([1 / 7, 1.0, 0.0])
     assert loc.localisation_accuracy(iou) == pytest.approx(1 / 3)
+    assert loc.localisation_hits(iou).tolist() == [False, True, False]
+    assert loc.localisation_hits(np.array([[0.5, 0.39]]), min_iou=0.4).tolist() == [[True, False]]
     with pytest.raises(ValueError, match="empty"):
         loc.localisation_accuracy([])
     with pytest.raises(ValueError, match="x1 >= x0"):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from gradsim_utils import data, metric_learning as ml, sfam
+from gradsim_utils import data, metric_learning as ml, profiles, sfam
 
 
 def _labels(n_classes=6, per_class=5):
@@ -95,6 +95,42 @@ def test_cub_folder_round_trip(tmp_path):
 def test_load_cub_missing_folder_names_the_parameter(tmp_path):
     with pytest.raises(FileNotFoundError, match="cub_root"):
         ml.load_cub(tmp_path / "nowhere", image_size=32)
+    with pytest.raises(FileNotFoundError, match="profile 'paper' needs the notebook parameter cub_root"):
+        ml.fewshot_source(profiles.get_profile("paper"), ml.config_for_profile("paper"), cub_root="")
+
+
+def test_config_comes_from_the_profile_and_names_unknown_overrides():
+    cfg = ml.config_for_profile("quick", n_loc_episodes=7)
+    assert cfg == ml.MetricConfig(**{**profiles.PROFILES["quick"].extra["sfam"], "n_loc_episodes": 7})
+    assert cfg.image_size == 64 and cfg.backbone("cosine") == "tiny-resnet18"
+    with pytest.raises(ValueError, match=r"\['n_loc_episode'\]"):
+        ml.config_for_profile("smoke", n_loc_episode=3)
+
+
+def test_fewshot_source_dryrun_writes_a_cub_folder():
+    prof = profiles.get_profile("paper-dryrun")
+    source = ml.fewshot_source(prof, ml.config_for_profile(prof, image_size=32, n_eval_per_class=4), seed=1)
+    assert "dry run" in source.name and len(source.data_id) == 16
+    assert source.novel.images.shape[-2:] == (32, 32) and len(source.novel) == 4 * len(source.novel.class_names)
+    images, labels = source.train_data()
+    assert len(images) == len(labels) > 0 and labels.unique().tolist() == list(range(int(labels.max()) + 1))
+
+
+def test_localisation_pairs_keep_the_correct_queries_of_their_episodes():
+    labels = _labels(n_classes=6, per_class=5)
+    noise = torch.rand(30, 6, generator=torch.Generator().manual_seed(2))
+    embeddings = torch.nn.functional.one_hot(labels, 6).float() + 0.8 * noise
+    pairs = ml.localisation_pairs(embeddings, labels, 40, 4, "euclidean", torch.Generator().manual_seed(5))
+    # the chapter's former cell on the same generator: the same draws in the same order
+    generator = torch.Generator().manual_seed(5)
+    support, query, _ = ml.sample_episodes(labels, 40, 4, 1, 1, generator)
+    _, correct = ml.episode_accuracy(embeddings, support, query, "euclidean")
+    rows, target = torch.arange(40), torch.randint(4, (40,), generator=generator)
+    keep = correct[rows, target, 0]
+    assert torch.equal(pairs["query"], query[rows, target, 0][keep])
+    assert torch.equal(pairs["support"], support[rows, target][keep]) and pairs["n_queries"] == 40
+    assert 0 < len(pairs["query"]) < 40 and pairs["support"].shape == (len(pairs["query"]), 1)
+    assert torch.equal(labels[pairs["query"]], labels[pairs["support"][:, 0]])   # kept queries are correct
 
 
 def test_sanity_cascade_matches_randomise_at_once():

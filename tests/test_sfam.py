@@ -187,3 +187,11 @@ def test_box_ious_deduplicates_without_changing_results():
     ours = sfam.box_ious({"m": maps}, gt)["m"]
     direct = localisation.paired_box_iou(localisation.threshold_boxes(maps), gt).numpy()
     assert np.allclose(ours, direct)
+
+
+def test_seed004_tables_quoted():
+    assert set(sfam.SEED004_LOCALISATION) == set(sfam.METRICS)
+    for table in sfam.SEED004_LOCALISATION.values():
+        assert set(table) <= set(sfam.METHODS) and "sfam" in table
+        assert all(len(cell) == 2 and all(v == "-" or 0 < float(v) < 100 for v in cell) for cell in table.values())
+    assert sfam.SEED004_LOCALISATION["cosine"]["sfam"] == ("55.65", "69.08")
