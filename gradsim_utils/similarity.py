@@ -17,7 +17,7 @@ import numba
 import numpy as np
 import torch
 
-from .stats import Estimate, image_bootstrap_counts, paired_difference, percentile_interval
+from .stats import Estimate, paired_difference, percentile_interval
 
 __all__ = [
     "cosine_matrix",
@@ -26,11 +26,10 @@ __all__ = [
     "within_class_cosine_from_matrix",
     "within_class_agreement",
     "predicted_label_cosine",
-    "image_bootstrap_counts",
     "PairStatistics",
     "pair_statistics",
     "SEED000_COSINE",
-    "seed_representations",
+    "gw_p_fm_vectors",
 ]
 
 #: Size (N x D) from which ``within_class_cosine`` uses one thread per core (below, starting
@@ -326,7 +325,7 @@ def pair_statistics(sims: torch.Tensor, labels, counts: np.ndarray | None = None
     return PairStatistics(within=within_mean, between=between_mean, auc=auc)
 
 
-def seed_representations(reps) -> dict[str, torch.Tensor]:
+def gw_p_fm_vectors(reps) -> dict[str, torch.Tensor]:
     """Seed 000's three vectors per image from an ``extract.Representations``: gradient weights
     "GW" (N x K), softmax probabilities "P" (N x C) and the flattened feature map "FM"."""
     if reps.features is None:

@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from gradsim_utils import saliency, similarity
 from gradsim_utils.nets import build_tiny_resnet
+from gradsim_utils.stats import image_bootstrap_counts
 
 EPS = saliency.KLD_EPS
 
@@ -161,7 +162,7 @@ def test_pair_mean_ci_is_the_class_mean_with_an_interval():
     i, j, same = similarity.unordered_pairs(labels)
     i, j = i[same].numpy(), j[same].numpy()
     values = np.array([1.0, 2.0, 3.0, 10.0])  # class 0: mean 2, class 1: 10
-    counts = similarity.image_bootstrap_counts(labels, n_resamples=200, seed=0)
+    counts = image_bootstrap_counts(labels, n_resamples=200, seed=0)
     est = saliency.pair_mean_ci(values, i, j, counts, groups=labels.numpy()[i])
     assert est.value == pytest.approx(6.0)
     assert est.low <= est.value <= est.high and est.high > est.low

@@ -5,6 +5,7 @@ import torch
 from sklearn.metrics.pairwise import cosine_similarity
 
 from gradsim_utils import similarity, training
+from gradsim_utils.stats import image_bootstrap_counts
 
 
 def test_cosine_matrix_matches_sklearn_including_zero_rows():
@@ -140,7 +141,7 @@ def test_pair_statistics_matches_loop_and_sklearn_auc():
     assert stats.within[0] == pytest.approx(within)
     assert stats.between[0] == pytest.approx(between)
     assert stats.auc[0] == pytest.approx(auc)
-    counts = similarity.image_bootstrap_counts(labels, 5, seed=1)
+    counts = image_bootstrap_counts(labels, 5, seed=1)
     boot = similarity.pair_statistics(sims, labels, counts)
     for r in range(5):
         w, b, a = _pair_oracle(sims.numpy(), labels.numpy(), counts[r])
@@ -161,7 +162,7 @@ def test_auc_counts_ties_one_half_and_is_bounded():
 
 def test_bootstrap_counts_keep_class_sizes_and_intervals_cover_value():
     labels = torch.tensor([0] * 5 + [1] * 7 + [2] * 4)
-    counts = similarity.image_bootstrap_counts(labels, 50, seed=0)
+    counts = image_bootstrap_counts(labels, 50, seed=0)
     for c, size in ((0, 5), (1, 7), (2, 4)):
         assert (counts[:, (labels == c).numpy()].sum(1) == size).all()
     x = torch.randn(16, 6, generator=torch.Generator().manual_seed(0))
@@ -189,17 +190,17 @@ def test_pair_statistics_degenerate_inputs():
     with pytest.raises(ValueError, match="square"):
         similarity.pair_statistics(torch.ones(2, 3), torch.tensor([0, 0]))
     with pytest.raises(ValueError, match="n_resamples"):
-        similarity.image_bootstrap_counts(labels, 0)
+        image_bootstrap_counts(labels, 0)
 
 
 def test_seed_table_and_representations():
     assert similarity.SEED000_COSINE["ResNet-50"]["GW"] == pytest.approx(0.970702)
     from types import SimpleNamespace
     reps = SimpleNamespace(grad_weights=torch.ones(2, 3), probs=torch.ones(2, 4), features=torch.ones(2, 3, 2, 2))
-    out = similarity.seed_representations(reps)
+    out = similarity.gw_p_fm_vectors(reps)
     assert out["FM"].shape == (2, 12) and out["GW"].shape == (2, 3)
     with pytest.raises(ValueError, match="keep_features"):
-        similarity.seed_representations(SimpleNamespace(grad_weights=None, probs=None, features=None))
+        similarity.gw_p_fm_vectors(SimpleNamespace(grad_weights=None, probs=None, features=None))
 
 
 def test_auc_ties_vectors_equal_up_to_round_off():
