@@ -1,5 +1,6 @@
 """Speed of seed 001's pair loss: ``alignment.gradient_alignment_loss`` (one Gram matrix and a
-same-class mask) against ``alignment.gradient_alignment_loss_loop`` (one Python iteration per pair).
+same-class mask) against ``gradient_alignment_loss_loop`` of tests/test_alignment.py (one Python
+iteration per pair, the tests' reference).
 
 Setting: 128 input gradients of a 32 px image (3 x 32 x 32 = 3072 values each), 10 classes, both
 forms, forward value plus the backward to the gradients (what training needs). The methods are
@@ -17,13 +18,18 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from gradsim_utils import alignment, training
 
 from _settings import TINY, results_path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from test_alignment import gradient_alignment_loss_loop  # noqa: E402  (the tests' per-pair reference)
 
 RESULTS = results_path("alignment")
 N, SHAPE, CLASSES, ROUNDS = (24, (3, 8, 8), 4, 2) if TINY else (128, (3, 32, 32), 10, 3)
@@ -49,13 +55,13 @@ def main() -> dict:
            "machine": {"cpu_count": os.cpu_count(), "load_1min": os.getloadavg()[0],
                        "platform": platform.platform(), "torch": torch.__version__}}
     for form in alignment.FORMS:
-        ref = alignment.gradient_alignment_loss_loop(grads, labels, form=form, reduction="sum")
+        ref = gradient_alignment_loss_loop(grads, labels, form=form, reduction="sum")
         got = alignment.gradient_alignment_loss(grads, labels, form=form, reduction="sum")
         if not torch.allclose(ref, got, rtol=1e-4):
             raise AssertionError(f"{form}: batched {got.item()} != loop {ref.item()}")
         times = {"loop": [], "batched": []}
         for _ in range(ROUNDS):
-            times["loop"].append(_timed(alignment.gradient_alignment_loss_loop, grads, labels, form))
+            times["loop"].append(_timed(gradient_alignment_loss_loop, grads, labels, form))
             times["batched"].append(_timed(alignment.gradient_alignment_loss, grads, labels, form))
         best = {k: min(v) for k, v in times.items()}
         ratio = best["loop"] / best["batched"]

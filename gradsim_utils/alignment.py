@@ -26,13 +26,13 @@ from sklearn.metrics import adjusted_rand_score
 from torch import nn
 
 from . import data, extract, nets, provenance, similarity, training
-from .cache import cache_key, cached_torch
+from .cache import cache_key
 from .devices import get_device, place
 from .profiles import TINY_MODELS
 
 __all__ = [
     "FORMS", "CODE_VERSION", "same_class_pairs", "gradient_alignment_loss",
-    "gradient_alignment_loss_loop", "hvp", "gaussian_mutual_information",
+    "hvp", "gaussian_mutual_information",
     "train_aligned", "aligned_model", "input_hessian_top_eigenvalue", "alignment_measures",
 ]
 
@@ -41,12 +41,6 @@ REDUCTIONS = ("sum", "mean")
 HVP_METHODS = ("double-backward", "forward-over-reverse")
 # Bump when anything below changes the trained weights or the reported metrics.
 CODE_VERSION = "gradient-alignment-4"  # 3: one torch thread per core; 4: the machine recorded in the metrics
-
-
-def _check_choice(name: str, value, choices) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-    return value
 
 
 def _check_grads_labels(grads: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,8 +72,8 @@ def gradient_alignment_loss(grads: torch.Tensor, labels: torch.Tensor, form: str
     the batch size. Differentiable (through ``grads``, e.g. with ``create_graph=True``). A batch
     with no same-class pair gives 0.
     """
-    _check_choice("form", form, FORMS)
-    _check_choice("reduction", reduction, REDUCTIONS)
+    data.check_choice("form", form, FORMS)
+    data.check_choice("reduction", reduction, REDUCTIONS)
     flat, labels = _check_grads_labels(grads, labels)
     mask = same_class_pairs(labels)
     if form == "cosine":
@@ -93,32 +87,6 @@ def gradient_alignment_loss(grads: torch.Tensor, labels: torch.Tensor, form: str
     if reduction == "mean":
         total = total / mask.sum().clamp(min=1)
     return total
-
-
-def gradient_alignment_loss_loop(grads: torch.Tensor, labels: torch.Tensor, form: str = "cosine",
-                                 reduction: str = "mean") -> torch.Tensor:
-    """The same loss as :func:`gradient_alignment_loss`, written pair by pair as the seed states it.
-
-    A reference for tests and the benchmark only: O(N^2) Python iterations.
-    """
-    _check_choice("form", form, FORMS)
-    _check_choice("reduction", reduction, REDUCTIONS)
-    flat, labels = _check_grads_labels(grads, labels)
-    terms = []
-    for i in range(len(flat)):
-        for j in range(i + 1, len(flat)):
-            if labels[i] != labels[j]:
-                continue
-            if form == "euclidean":
-                terms.append(((flat[i] - flat[j]) ** 2).sum())
-            else:
-                denom = flat[i].norm() * flat[j].norm()
-                cos = (flat[i] @ flat[j]) / denom if denom > 0 else flat.new_zeros(())
-                terms.append(1.0 - cos)
-    if not terms:
-        return flat.new_zeros(())
-    total = torch.stack(terms).sum()
-    return total / len(terms) if reduction == "mean" else total
 
 
 def _as_tuple(value, name: str) -> tuple[torch.Tensor, ...]:
@@ -137,7 +105,7 @@ def hvp(func, inputs, vectors, method: str = "double-backward"):
     Both cost a small constant times one gradient. ``inputs`` and ``vectors``: one tensor or
     matching sequences of tensors; the result has the same structure as ``inputs``.
     """
-    _check_choice("method", method, HVP_METHODS)
+    data.check_choice("method", method, HVP_METHODS)
     single = isinstance(inputs, torch.Tensor)
     xs, vs = _as_tuple(inputs, "inputs"), _as_tuple(vectors, "vectors")
     if len(xs) != len(vs) or any(x.shape != v.shape for x, v in zip(xs, vs)):
@@ -242,7 +210,7 @@ def train_aligned(name: str = "tiny-resnet18", *, form: str = "cosine", lam: flo
     ``devices.memory_format``): with channels-last, the double backward of a tiny ResNet of base width
     4 corrupted the heap on CPU ("double free or corruption"), the oneDNN bug of DESIGN.md 5b.
     """
-    _check_choice("form", form, FORMS)
+    data.check_choice("form", form, FORMS)
     if name not in TINY_MODELS:
         raise ValueError(f"unknown tiny ResNet {name!r}; choose one of {list(TINY_MODELS)}")
     if not (isinstance(lam, (int, float)) and np.isfinite(lam) and lam >= 0):
@@ -286,8 +254,7 @@ def train_aligned(name: str = "tiny-resnet18", *, form: str = "cosine", lam: flo
         "class_names": list(train.class_names),
         "machine": machine,
     }
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    return state, metrics
+    return training.cpu_state(model), metrics
 
 
 def aligned_model(name: str = "tiny-resnet18", *, form: str = "cosine", lam: float = 0.0, seed: int = 0,
@@ -311,15 +278,15 @@ def aligned_model(name: str = "tiny-resnet18", *, form: str = "cosine", lam: flo
 
     key = _aligned_key(name, form, lam, seed, data_seed, image_size, n_train_per_class, n_analysis_per_class,
                        epochs, batch_size, base_width)
-    entry = cached_torch("aligned", key, compute)
+
+    def build() -> nn.Module:
+        return nets.build_tiny_resnet(name, len(data.benchmark_class_names()), base_width)
+
+    model, entry = training.cached_model("aligned", key, build, compute)
     metrics = entry["metrics"]
-    model = nets.build_tiny_resnet(name, len(metrics["class_names"]), base_width)
-    model.load_state_dict(entry["state_dict"])
-    model.gradsim_info = nets.ModelInfo(
-        name, image_size, data.MEAN, data.STD, tuple(metrics["class_names"]),
-        weights=f"aligned {form} lambda={lam:g}", analysis_accuracy=float(metrics["analysis_accuracy"]),
-        train_seconds=float(metrics["train_seconds"]), machine=metrics["machine"])
-    return model.to(dev).eval(), metrics
+    model.gradsim_info = training.benchmark_info(name, image_size, metrics["class_names"],
+                                                 f"aligned {form} lambda={lam:g}", metrics)
+    return model.to(dev), metrics
 
 
 def input_hessian_top_eigenvalue(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,

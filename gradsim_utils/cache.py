@@ -3,7 +3,8 @@
 An entry lives at ``<cache_dir>/<namespace>/<key>.<suffix>`` where ``key`` is the SHA-256 of
 everything that determines the entry (parameters, seed, code version of the step). Writes go to
 a temporary file in the same folder and are renamed into place, so an interrupted run never
-leaves a half-written entry.
+leaves a half-written entry. :func:`content_digest` is the one hash of content (tensors, arrays,
+bytes, text) for keys that must follow data rather than parameters.
 """
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import platformdirs
 import torch
 
-__all__ = ["cache_dir", "cache_key", "atomic_write", "cached_torch"]
+__all__ = ["cache_dir", "cache_key", "content_digest", "atomic_write", "cached_torch"]
 
 
 def cache_dir() -> Path:
@@ -30,8 +32,24 @@ def cache_dir() -> Path:
 
 def cache_key(**parts: Any) -> str:
     """SHA-256 (first 16 hex digits) of the canonical JSON of ``parts`` (keys sorted)."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return content_digest(json.dumps(parts, sort_keys=True, default=str))[:16]
+
+
+def content_digest(*parts: bytes | str | torch.Tensor | np.ndarray) -> str:
+    """SHA-256 hex digest of ``parts`` in order: bytes as they are, text as UTF-8, a tensor or array
+    as its values in C order (layout and device do not matter; shape and dtype are not hashed)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            part = part.detach().cpu().contiguous().numpy()
+        if isinstance(part, np.ndarray):
+            part = np.ascontiguousarray(part).tobytes()
+        elif isinstance(part, str):
+            part = part.encode()
+        elif not isinstance(part, bytes):
+            raise TypeError(f"content_digest hashes bytes, str, tensors and arrays, got {type(part).__name__}")
+        digest.update(part)
+    return digest.hexdigest()
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:

@@ -17,7 +17,6 @@ import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Mapping, NamedTuple, Sequence
 
@@ -26,6 +25,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from . import provenance
 from .cache import atomic_write, cache_dir, cache_key
 from .devices import get_device
 from .profiles import Profile, get_profile
@@ -36,6 +36,7 @@ __all__ = [
     "AnimalClass", "ANIMAL_CLASSES", "DEFAULT_DIFFUSION_MODEL", "ModelUnavailableError",
     "image_seed", "load_diffusion_pipeline", "tiny_random_pipeline", "generate_diffusion",
     "IMAGE_EXTENSIONS", "CorruptImageError", "ImageFolder", "load_image_folder", "load_profile_data",
+    "check_choice",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -336,7 +337,8 @@ def _check_int(name: str, value, minimum: int) -> int:
     return int(value)
 
 
-def _check_choice(name: str, value, choices) -> str:
+def check_choice(name: str, value, choices):
+    """``value`` if it is one of ``choices``, else a ValueError naming ``name`` and the choices."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
     return value
@@ -344,7 +346,7 @@ def _check_choice(name: str, value, choices) -> str:
 
 def _marker_classes(marker_class, marker_rate, marker_mode, names: list[str]) -> list[int]:
     """Validate the marker arguments; return the labels whose images may get a marker."""
-    _check_choice("marker_mode", marker_mode, _MARKER_MODES)
+    check_choice("marker_mode", marker_mode, _MARKER_MODES)
     if isinstance(marker_rate, bool) or not isinstance(marker_rate, (int, float)) \
             or not 0.0 <= marker_rate <= 1.0:
         raise ValueError(f"marker_rate must be a number in [0, 1], got {marker_rate!r}")
@@ -385,8 +387,8 @@ def make_benchmark(n_per_class: int = 50, split: str = "analysis", seed: int = 0
     n_per_class = _check_int("n_per_class", n_per_class, 1)
     seed = _check_int("seed", seed, 0)
     image_size = _check_int("image_size", image_size, 16)
-    split_id = _SPLITS[_check_choice("split", split, _SPLITS)]
-    class_ids = _CLASS_SETS[_check_choice("classes", classes, _CLASS_SETS)]
+    split_id = _SPLITS[check_choice("split", split, _SPLITS)]
+    class_ids = _CLASS_SETS[check_choice("classes", classes, _CLASS_SETS)]
     attributes = [_ALL_CLASSES[c] for c in class_ids]
     names = [class_name(a) for a in attributes]
     marked_classes = _marker_classes(marker_class, marker_rate, marker_mode, names)
@@ -563,16 +565,6 @@ def tiny_random_pipeline(image_size: int = 64, seed: int = 0):
     return pipe
 
 
-def _package_versions() -> dict[str, str]:
-    found = {}
-    for package in ("torch", "diffusers", "transformers", "numpy", "pillow"):
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = "not installed"
-    return found
-
-
 def _check_class_prompts(class_prompts) -> dict[str, str]:
     if not isinstance(class_prompts, Mapping) or not class_prompts:
         raise ValueError("class_prompts must be a non-empty dict {class name: prompt}")
@@ -640,7 +632,8 @@ def generate_diffusion(out_dir, class_prompts: Mapping[str, str], n_per_class: i
         pipe = pipe.to(get_device(device))
         pipe.set_progress_bar_config(disable=True)
     manifest = {**settings, "n_per_class": n_per_class, "image_seeds": seeds,
-                "files": "<class>/<i>.png", "package_versions": _package_versions()}
+                "files": "<class>/<i>.png", "package_versions": provenance.package_versions(
+                    ("torch", "diffusers", "transformers", "numpy", "pillow"))}
     atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2)))
     batches = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
     if progress:
@@ -731,7 +724,7 @@ def load_image_folder(root, image_size: int = 224, class_names: Sequence[str] | 
     """
     root = Path(root)
     image_size = _check_int("image_size", image_size, 1)
-    _check_choice("on_error", on_error, _ON_ERROR)
+    check_choice("on_error", on_error, _ON_ERROR)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder root {root} does not exist or is not a folder")
     if class_names is None:
@@ -791,7 +784,7 @@ def load_profile_data(profile: Profile | str, split: str = "analysis", seed: int
     prof = get_profile(profile) if isinstance(profile, str) else profile
     if not isinstance(prof, Profile):
         raise ValueError(f"profile must be a Profile or a profile name, got {profile!r}")
-    _check_choice("split", split, _SPLITS)
+    check_choice("split", split, _SPLITS)
     seed = _check_int("seed", seed, 0)
     n = prof.n_train_per_class if split == "train" else prof.n_analysis_per_class
     if n < 1:

@@ -15,10 +15,8 @@ them. :func:`load_cub` reads a CUB-200-2011-style folder with bounding boxes.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import tempfile
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import data, models, nets, profiles, provenance, training
-from .cache import cached_torch, cache_key
+from .cache import cache_key, content_digest
 from .devices import get_device, place
 from .profiles import Profile
 from .sfam import METRICS
@@ -115,12 +113,9 @@ class MetricModel(nn.Module):
 
     def prepare(self, images: torch.Tensor,
                 memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-        """uint8 (0-255) or float (0-1) images -> normalised float input at ``image_size``."""
-        x = nets.to_unit_float(images, self.mean.device)
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size,) * 2, mode="bilinear", antialias=True,
-                              align_corners=False)
-        return ((x - self.mean) / self.std).contiguous(memory_format=memory_format)
+        """uint8 (0-255) or float (0-1) images -> normalised float input at ``image_size``
+        (``nets.prepare_images`` with the trunk's ``mean``/``std``)."""
+        return nets.prepare_images(images, self.mean.device, self.mean, self.std, self.image_size, memory_format)
 
     def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk(x)
@@ -232,9 +227,10 @@ def train_metric_model(model: MetricModel, images: torch.Tensor, labels: torch.T
                        config: MetricConfig, seed: int = 0, device="auto", progress: bool = True) -> dict:
     """Episodic training (``train_way``-way ``train_shot``-shot, ``train_query`` queries per class).
 
-    AdamW with a one-cycle learning rate (``training.one_cycle``); the loss is the cross-entropy of
-    the episode's scores (Euclidean: negative squared distances; cosine: ``tau * cos``), on
-    contiguous tensors (``devices.memory_format``). Any ``train_steps >= 1`` trains; an episode
+    ``training.optimise``: AdamW (``lr``, weight decay 5e-4) with a one-cycle learning rate
+    (warm-up 0.2), one episode per step; the loss is the cross-entropy of the episode's scores
+    (Euclidean: negative squared distances; cosine: ``tau * cos``), on contiguous tensors
+    (``devices.memory_format``). Any ``train_steps >= 1`` trains; an episode
     needs ``train_shot + train_query`` images of each class (ValueError otherwise). Returns
     training metrics.
     """
@@ -247,34 +243,33 @@ def train_metric_model(model: MetricModel, images: torch.Tensor, labels: torch.T
                          f"got {len(classes)} classes, the smallest with {int(counts.min())} images: raise "
                          "n_train_per_class or lower train_shot / train_query")
     dev = get_device(device)
-    fmt = place(model, dev, backward_enters_conv=True)
-    model.train()
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=5e-4)
-    schedule = training.one_cycle(optimizer, config.lr, config.train_steps, pct_start=0.2)
     way = min(config.train_way, len(labels.unique()))
     support, query, _ = sample_episodes(labels, config.train_steps, way, config.train_shot,
                                         config.train_query, generator)
     truth = torch.arange(way, device=dev).repeat_interleave(config.train_query)
-    start, losses = time.perf_counter(), []
-    for step in tqdm(range(config.train_steps), desc=f"{model.metric} {model.name}", disable=not progress):
-        idx = torch.cat([support[step].flatten(), query[step].flatten()])
-        emb = model(model.prepare(images[idx], fmt))
-        prototypes = emb[:support[step].numel()].view(way, config.train_shot, -1).mean(1)
-        scores = episode_scores(emb[support[step].numel():], prototypes, model.metric)
-        if model.metric == "cosine":
-            scores = scores * model.log_scale.exp()
+    n_support = way * config.train_shot
+
+    def episodes(fmt: torch.memory_format):
+        for step in tqdm(range(config.train_steps), desc=f"{model.metric} {model.name}", disable=not progress):
+            yield (model.prepare(images[torch.cat([support[step].flatten(), query[step].flatten()])], fmt),)
+
+    def episode_loss(net: MetricModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = net(x)
+        prototypes = emb[:n_support].view(way, config.train_shot, -1).mean(1)
+        scores = episode_scores(emb[n_support:], prototypes, net.metric)
+        if net.metric == "cosine":
+            scores = scores * net.log_scale.exp()
         loss = F.cross_entropy(scores, truth)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
+        return loss, loss.detach()[None]
+
+    seconds, losses = training.optimise(model, episodes, episode_loss, n_steps=config.train_steps, max_lr=config.lr,
+                                        weight_decay=5e-4, pct_start=0.2, device=dev)
     model.eval()
-    seconds = time.perf_counter() - start
-    return {"train_seconds": seconds, "images_per_second": config.train_steps * len(idx) / seconds,
-            "final_loss": float(np.mean(losses[-10:])), "n_train": len(labels), "steps": config.train_steps,
-            "machine": provenance.training_machine(dev)}
+    return {"train_seconds": seconds,
+            "images_per_second": config.train_steps * way * (config.train_shot + config.train_query) / seconds,
+            "final_loss": float(np.mean([loss.item() for loss in losses[-10:]])), "n_train": len(labels),
+            "steps": config.train_steps, "machine": provenance.training_machine(dev)}
 
 
 def load_metric_model(metric: str, config: MetricConfig, train_data, data_id: str, seed: int = 0,
@@ -299,12 +294,10 @@ def load_metric_model(metric: str, config: MetricConfig, train_data, data_id: st
         images, labels = train_data()
         metrics = train_metric_model(model, images, labels, config, seed, dev, progress)
         fresh["trained"] = True
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        return {"state_dict": state, "metrics": metrics}
+        return {"state_dict": training.cpu_state(model), "metrics": metrics}
 
-    entry = cached_torch("metric-models", key, train)
-    model.load_state_dict(entry["state_dict"])
-    return model.to(dev).eval(), {**entry["metrics"], "cached": not fresh}
+    trained, entry = training.cached_model("metric-models", key, lambda: model, train)
+    return trained.to(dev), {**entry["metrics"], "cached": not fresh}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,10 +342,7 @@ def _read_table(path: Path, n_fields: int) -> dict[int, list[str]]:
 
 def cub_fingerprint(root) -> str:
     """SHA-256 prefix of a CUB folder's index files (identifies its training data for the cache)."""
-    digest = hashlib.sha256()
-    for name in CUB_FILES:
-        digest.update((Path(root) / name).read_bytes())
-    return digest.hexdigest()[:16]
+    return content_digest(*((Path(root) / name).read_bytes() for name in CUB_FILES))[:16]
 
 
 def load_cub(root, image_size: int, split: str = "novel", max_per_class: int | None = None) -> FewShotData:

@@ -24,7 +24,6 @@ import torchvision
 from torch import nn
 
 from . import data, training
-from .cache import cached_torch
 from .devices import get_device
 from .nets import ModelInfo, build_tiny_resnet, model_info
 from .profiles import TINY_MODELS, TORCHVISION_MODELS, Profile, get_profile
@@ -63,6 +62,11 @@ def _seeded(seed: int):
 def _imagenet_categories() -> tuple[str, ...]:
     """The 1000 ImageNet class names, from torchvision's weight metadata (no download)."""
     return tuple(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def _imagenet_info(name: str, mean, std, weights: str | None) -> ModelInfo:
+    """The ``ModelInfo`` of an ImageNet classifier: 224 px input, the 1000 ImageNet classes."""
+    return ModelInfo(name, 224, mean, std, _imagenet_categories(), weights=weights)
 
 
 def _resolve_torchvision_weights(name: str, weights: str | None):
@@ -129,8 +133,7 @@ def _load_torchvision(name: str, weights: str | None, checkpoint, seed: int) -> 
         except RuntimeError as err:
             raise ValueError(f"{name}: weights in {path} do not fit the architecture: {err}") from err
     label = str(path) if checkpoint is not None else (member.name if member is not None else None)
-    info = ModelInfo(name, 224, IMAGENET_MEAN, IMAGENET_STD, _imagenet_categories(), weights=label)
-    return model, info
+    return model, _imagenet_info(name, IMAGENET_MEAN, IMAGENET_STD, label)
 
 
 def _lite0_weights_file() -> Path:
@@ -176,8 +179,7 @@ def _load_efficientnet(weights: str | None, seed: int) -> tuple[nn.Module, Model
         model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     if weights is not None:
         model.load_state_dict(_lite0_state_dict(model, _lite0_weights_file()))
-    info = ModelInfo(EFFICIENTNET, 224, LITE_MEAN, LITE_STD, _imagenet_categories(), weights=weights)
-    return model, info
+    return model, _imagenet_info(EFFICIENTNET, LITE_MEAN, LITE_STD, weights)
 
 
 def _random_tiny(name: str, profile: Profile, seed: int) -> tuple[nn.Module, ModelInfo]:
@@ -185,8 +187,7 @@ def _random_tiny(name: str, profile: Profile, seed: int) -> tuple[nn.Module, Mod
     class_names = data.benchmark_class_names()
     with _seeded(seed):
         model = build_tiny_resnet(name, len(class_names), profile.base_width)
-    info = ModelInfo(name, profile.image_size, data.MEAN, data.STD, class_names, weights=None)
-    return model, info
+    return model, training.benchmark_info(name, profile.image_size, class_names)
 
 
 def _trained_tiny(name: str, profile: Profile, seed: int, device: torch.device,
@@ -196,15 +197,11 @@ def _trained_tiny(name: str, profile: Profile, seed: int, device: torch.device,
         state_dict, metrics = training.train_tiny_resnet(name, profile, seed, device, progress)
         return {"state_dict": state_dict, "metrics": metrics}
 
-    entry = cached_torch("models", training.model_cache_key(name, profile, seed), train)
+    model, entry = training.cached_model(
+        "models", training.model_cache_key(name, profile, seed),
+        lambda: build_tiny_resnet(name, len(data.benchmark_class_names()), profile.base_width), train)
     metrics = entry["metrics"]
-    model = build_tiny_resnet(name, len(metrics["class_names"]), profile.base_width)
-    model.load_state_dict(entry["state_dict"])
-    info = ModelInfo(name, profile.image_size, data.MEAN, data.STD,
-                     tuple(metrics["class_names"]), weights="trained",
-                     analysis_accuracy=float(metrics["analysis_accuracy"]),
-                     train_seconds=float(metrics["train_seconds"]), machine=metrics["machine"])
-    return model, info
+    return model, training.benchmark_info(name, profile.image_size, metrics["class_names"], "trained", metrics)
 
 
 def _as_profile(profile: str | Profile) -> Profile:

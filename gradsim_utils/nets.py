@@ -5,7 +5,8 @@
   blocks (its own ``BasicBlock``/``Bottleneck``, the same attribute names) with a small base width
   and a small-image stem. ``training.py`` trains them, ``models.py`` loads them by name.
 - ``model.gradsim_info`` (a :class:`ModelInfo`, set by ``models.load_model`` and the trainers)
-  says how big and how normalised a model's input is; :func:`prepare_inputs` follows it.
+  says how big and how normalised a model's input is; :func:`prepare_inputs` follows it, with
+  :func:`prepare_images`, the one preparation of images as input, which training uses directly.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from .profiles import TINY_MODELS
 
 __all__ = [
     "RESNET_LAYOUT", "FLOAT_TOLERANCE", "ModelInfo", "model_info", "TinyResNet", "build_tiny_resnet",
-    "resnet_depth", "prepare_inputs", "to_unit_float",
+    "resnet_depth", "prepare_images", "prepare_inputs",
 ]
 
 # float images may overshoot 0-1 this much (e.g. after an antialiased resize) before we object
@@ -146,25 +147,33 @@ def build_tiny_resnet(name: str, num_classes: int, base_width: int = 16,
 # input preparation
 
 
-def prepare_inputs(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Turn images into the model's float32 input on its device: scale, resize, normalise.
+def prepare_images(images: torch.Tensor, device: torch.device, mean, std, size: int | None = None,
+                   memory_format: torch.memory_format | None = None) -> torch.Tensor:
+    """The one preparation of images as model input: float32 on ``device``, (x / 255 - mean) / std.
 
-    images: N x 3 x H x W, uint8 on 0-255 or float on 0-1. They are resized (bilinear, with
-    antialiasing) to the model's square input size when H or W differ, then normalised with
-    ``model.gradsim_info.mean``/``std``.
+    images: N x 3 x H x W, uint8 on 0-255 or float on 0-1 (checked). They are resized (bilinear,
+    with antialiasing) to ``size`` x ``size`` when given and different, then normalised per channel
+    with ``mean``/``std`` (sequences or tensors, on a 0-1 scale). ``memory_format``: the result's
+    layout (``devices.place``'s format), or None to leave it as computed.
     """
-    info = model_info(model)
-    device = next(model.parameters()).device
-    x = to_unit_float(images, device)
-    size = info.input_size
-    if tuple(x.shape[-2:]) != (size, size):
+    x = _unit_float(images, device)
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(info.std, device=device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    mean, std = (torch.as_tensor(v, device=device).view(1, 3, 1, 1) for v in (mean, std))
+    x = (x - mean) / std
+    return x if memory_format is None else x.contiguous(memory_format=memory_format)
 
 
-def to_unit_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+def prepare_inputs(model: nn.Module, images: torch.Tensor,
+                   memory_format: torch.memory_format | None = None) -> torch.Tensor:
+    """:func:`prepare_images` for ``model``: on its device, at ``gradsim_info``'s input size and
+    normalisation."""
+    info = model_info(model)
+    return prepare_images(images, next(model.parameters()).device, info.mean, info.std, info.input_size,
+                          memory_format)
+
+
+def _unit_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Checked N x 3 x H x W images as float32 on a 0-1 scale on ``device``: uint8 (0-255) is
     divided by 255; float must already lie in [0, 1] and be finite; anything else raises."""
     if not isinstance(images, torch.Tensor):

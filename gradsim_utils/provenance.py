@@ -13,7 +13,8 @@ changes the order of reductions. So this module records what can change a float 
 - :func:`cpu_description`, :func:`torch_build` -- the parts, parsed from ``/proc/cpuinfo`` and
   ``torch.__config__``;
 - :func:`isa_sensitivity` -- a measurement: the same training steps rerun with the vector ISA one
-  step lower, to show how far results move between CPUs.
+  step lower, to show how far results move between CPUs;
+- :class:`StageTimer` -- wall time of a chapter's named stages.
 """
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -32,7 +35,8 @@ import torch
 from .devices import get_device
 
 __all__ = ["BOOK_PACKAGES", "git_commit", "package_versions", "cpu_description", "torch_build",
-           "machine_description", "training_machine", "describe_machine", "trained_on", "isa_sensitivity"]
+           "machine_description", "training_machine", "describe_machine", "trained_on", "isa_sensitivity",
+           "StageTimer"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CPUINFO = Path("/proc/cpuinfo")
@@ -361,3 +365,19 @@ def isa_sensitivity(steps=(1, 3, 10, 30, 60), seed: int = 0, timeout: float = 30
             loss_lower=[float(v) for v in low["losses"]],
         )
     return out
+
+
+class StageTimer:
+    """Wall time of named stages: ``with timer("stage"): ...``; ``timer.seconds`` keeps them."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+            print(f"[time] {stage}: {self.seconds[stage]:.1f} s")

@@ -22,9 +22,7 @@ only in where the magenta square is), grouped bootstrap intervals, and the layer
 """
 from __future__ import annotations
 
-import hashlib
-import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import data, extract, nets, provenance, training
-from .cache import cache_key, cached_torch
+from .cache import cache_key, content_digest
 from .devices import get_device, place
 from .profiles import TINY_MODELS
 from .stats import image_bootstrap_counts, percentile_bounds
@@ -49,7 +47,7 @@ __all__ = [
     "patch_marker_coverage", "layer_activations", "Concepts", "fit_concepts", "nnls_coefficients",
     "pearson_columns", "cross_validated_prediction", "group_bootstrap_pearson", "max_correlation",
     "concept_attributions", "ClassComparison", "compare_class", "compare_both_directions", "concept_purity",
-    "layerwise_similarity", "marker_benchmarks", "marker_models", "StageTimer",
+    "layerwise_similarity", "marker_benchmarks", "marker_models",
 ]
 
 PATCH_FRACTION = 64 / 224   # reference: 64 px patches on 224 px images
@@ -454,13 +452,6 @@ def marker_benchmarks(marker_class: int, marker_rate: float, n_train_per_class: 
     return train[0], train[1], analysis, all_marked
 
 
-def _fingerprint(*tensors: torch.Tensor) -> str:
-    digest = hashlib.sha256()
-    for t in tensors:
-        digest.update(t.contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def _check_schedule(name: str, epochs, batch_size, base_width) -> None:
     if name not in TINY_MODELS:
         raise ValueError(f"name must be a tiny ResNet {list(TINY_MODELS)}, got {name!r}")
@@ -473,7 +464,8 @@ def _cached_training(key: str, name: str, make_train, evaluation: data.Benchmark
                      batch_size: int, base_width: int, seed: int, dev: torch.device,
                      progress: bool) -> nn.Module:
     """Load the model cached under ``key`` or train it on ``make_train()`` with training.py's recipe
-    (``training.fit``); return it in eval mode with ``gradsim_info`` (accuracy on ``evaluation``)."""
+    (``training.fit``, ``training.cached_model``); return it in eval mode with ``gradsim_info``
+    (accuracy on ``evaluation``). The entry keeps its flat layout: weights, accuracy, seconds, machine."""
     n_classes = len(evaluation.class_names)
 
     def fit() -> dict:
@@ -486,19 +478,15 @@ def _cached_training(key: str, name: str, make_train, evaluation: data.Benchmark
                                           generator=generator, device=dev, desc=name if progress else None)
             preds = training.evaluate(net, evaluation.images, dev)
             machine = provenance.training_machine(dev)
-        return {"state_dict": {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
-                "accuracy": float((preds == evaluation.labels).float().mean()), "train_seconds": seconds,
+        accuracy = float((preds == evaluation.labels).float().mean())
+        return {"state_dict": training.cpu_state(net), "accuracy": accuracy, "train_seconds": seconds,
                 "machine": machine}
 
-    entry = cached_torch("models", key, fit)
-    net = nets.build_tiny_resnet(name, n_classes, base_width)
-    net.load_state_dict(entry["state_dict"])
-    net = net.to(dev).eval()
-    net.gradsim_info = nets.ModelInfo(name, evaluation.images.shape[-1], data.MEAN, data.STD,
-                                      tuple(evaluation.class_names), weights="trained",
-                                      analysis_accuracy=float(entry["accuracy"]),
-                                      train_seconds=float(entry["train_seconds"]), machine=entry["machine"])
-    return net
+    net, entry = training.cached_model("models", key, lambda: nets.build_tiny_resnet(name, n_classes, base_width),
+                                       fit)
+    net.gradsim_info = training.benchmark_info(name, evaluation.images.shape[-1], evaluation.class_names,
+                                               "trained", dict(entry, analysis_accuracy=entry["accuracy"]))
+    return net.to(dev)
 
 
 def _schedule_key(name, epochs, batch_size, base_width, seed) -> dict:
@@ -518,34 +506,14 @@ def marker_models(name: str, marker_class: int, marker_rate: float, n_train_per_
     size = analysis.images.shape[-1]
     probe = data.make_benchmark(1, "train", seed=seed, image_size=size, marker_class=marker_class,
                                 marker_rate=1.0)
-    renderer = _fingerprint(probe.images, probe.marker_masks) + training.benchmark_fingerprint(seed, size)
+    renderer = content_digest(probe.images, probe.marker_masks)[:16] + training.benchmark_fingerprint(seed, size)
     out = []
     for mode in ("class", "random"):
         key = cache_key(step="rsvc-marker-model", **_schedule_key(name, epochs, batch_size, base_width, seed),
                         mode=mode, marker_class=marker_class, marker_rate=marker_rate,
                         n_train_per_class=n_train_per_class, image_size=size, renderer=renderer,
-                        evaluation=_fingerprint(analysis.images, analysis.labels))
+                        evaluation=content_digest(analysis.images, analysis.labels)[:16])
         make = (lambda m=mode: _marker_train_set(m, marker_class, marker_rate, n_train_per_class, size, seed))
         out.append(_cached_training(key, name, make, analysis, epochs, batch_size, base_width, seed,
                                     get_device(device), progress))
     return out[0], out[1]
-
-
-# ---------------------------------------------------------------------------------------------
-# timing
-
-
-class StageTimer:
-    """Wall time of named stages: ``with timer("stage"): ...``; ``timer.seconds`` keeps them."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, stage: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
-            print(f"[time] {stage}: {self.seconds[stage]:.1f} s")

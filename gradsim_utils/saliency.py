@@ -28,7 +28,6 @@ SIM 1, KLD 0. SIM and KLD need non-negative maps (Grad-CAM maps are). NaN or Inf
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +40,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from . import extract
-from .cache import cache_key, cached_torch
+from .cache import cache_key, cached_torch, content_digest
 from .devices import get_device, place
 from .nets import TinyResNet
 from .stats import Estimate, percentile_interval
@@ -451,11 +450,7 @@ def gradcam_maps(model: nn.Module, images, layer: str = "layer4", targets=None, 
 
 def _digest(tensors) -> str:
     """SHA-256 of named tensors' values (layout-independent), for content-addressed cache keys."""
-    h = hashlib.sha256()
-    for name, tensor in tensors:
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return content_digest(*(part for name, tensor in tensors for part in (name, tensor)))
 
 
 def cached_gradcam(model: nn.Module, images, layer: str = "layer4", targets=None, **kwargs) -> GradCAM:

@@ -16,27 +16,34 @@ Horizontal flips changed nothing measurable and are not used.
 :func:`model_cache_key` hashes everything that determines the trained weights; ``models.py``
 caches ``train_tiny_resnet``'s result under it. The networks are ``nets.build_tiny_resnet``'s; the
 input normalisation is the benchmark's (``data.MEAN``/``data.STD``).
+
+Every model the book trains goes through this module twice: :func:`optimise` is the one training
+loop (AdamW + one-cycle over a stream of batches; :func:`fit` feeds it epochs of benchmark images,
+``metric_learning`` episodes), and :func:`cached_model` the one path "train once, cache, rebuild"
+(the trained tiny ResNets of ``models``, ``alignment``'s and ``rsvc``'s, the metric models).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from contextlib import contextmanager
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from . import data, provenance
-from .cache import cache_key
+from .cache import cache_key, cached_torch, content_digest
 from .devices import get_device, place
-from .nets import build_tiny_resnet, resnet_depth
+from .nets import ModelInfo, build_tiny_resnet, prepare_images, resnet_depth
 from .profiles import TINY_MODELS, Profile
 
 __all__ = ["CODE_VERSION", "RECIPE", "benchmark_fingerprint", "cpu_threads",
-           "check_batches", "cross_entropy_step", "fit", "one_cycle",
-           "model_cache_key", "confusion_matrix", "evaluate", "to_input", "train_tiny_resnet"]
+           "check_batches", "cross_entropy_step", "optimise", "fit", "one_cycle",
+           "model_cache_key", "confusion_matrix", "evaluate", "train_tiny_resnet",
+           "cpu_state", "cached_model", "benchmark_info"]
 
 # Bump when anything below changes the trained weights or the reported metrics.
 # 2: contiguous training on CPU (devices.memory_format), the machine recorded in the metrics
@@ -55,11 +62,9 @@ def benchmark_fingerprint(seed: int, image_size: int) -> str:
     Each benchmark image depends only on (seed, split, class, index), so this changes whenever the
     renderer's output does, at the cost of rendering twenty images.
     """
-    digest = hashlib.sha256()
-    for split in ("train", "analysis"):
-        bench = data.make_benchmark(n_per_class=1, split=split, seed=seed, image_size=image_size)
-        digest.update(bench.images.numpy().tobytes())
-    return digest.hexdigest()[:16]
+    firsts = [data.make_benchmark(n_per_class=1, split=split, seed=seed, image_size=image_size).images
+              for split in ("train", "analysis")]
+    return content_digest(*firsts)[:16]
 
 
 def _check_name(name: str) -> None:
@@ -102,21 +107,13 @@ def cpu_threads(n: int | None = None):
         torch.set_num_threads(before)
 
 
-def to_input(images: torch.Tensor, device: torch.device,
-             memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """uint8 benchmark images -> normalised float32 model input on ``device`` in ``memory_format``."""
-    x = images.to(device).float().div_(255)
-    mean = torch.tensor(data.MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(data.STD, device=device).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous(memory_format=memory_format)
-
-
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Predicted labels of ``images`` (uint8, N x 3 x H x W), batched, in eval mode."""
     fmt = place(model, device, backward_enters_conv=False)
     model.eval()
-    preds = [model(to_input(images[i:i + EVAL_BATCH], device, fmt)).argmax(1).cpu()
+    preds = [model(prepare_images(images[i:i + EVAL_BATCH], device, data.MEAN, data.STD, memory_format=fmt))
+             .argmax(1).cpu()
              for i in range(0, len(images), EVAL_BATCH)]
     return torch.cat(preds)
 
@@ -167,8 +164,37 @@ def train_tiny_resnet(name: str, profile: Profile, seed: int = 0, device: str | 
         "class_names": list(train.class_names),
         "machine": machine,
     }
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    return state, metrics
+    return cpu_state(model), metrics
+
+
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state dict on the CPU, contiguous: the weights :func:`cached_model` stores."""
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+
+def cached_model(namespace: str, key: str, build: Callable[[], nn.Module],
+                 train: Callable[[], dict]) -> tuple[nn.Module, dict]:
+    """The model cached as ``<namespace>/<key>.pt`` (``cache.cached_torch``), trained now on a miss.
+
+    ``train()`` returns the entry to store: the weights under ``"state_dict"`` (:func:`cpu_state`)
+    beside what else the caller keeps (metrics). Hit or miss, the weights are loaded into
+    ``build()`` after the cache is read, so a cold and a warm run return the same model and leave
+    the global random state alike. Returns the model in eval mode and the entry without the weights.
+    """
+    entry = cached_torch(namespace, key, train)
+    model = build()
+    model.load_state_dict(entry["state_dict"])
+    return model.eval(), {k: v for k, v in entry.items() if k != "state_dict"}
+
+
+def benchmark_info(name: str, image_size: int, class_names, weights: str | None = None,
+                   metrics: dict | None = None) -> ModelInfo:
+    """The ``ModelInfo`` of a tiny ResNet on benchmark images (``data.MEAN``/``data.STD``); with
+    ``metrics`` of its training (``analysis_accuracy``, ``train_seconds``, ``machine``) when trained."""
+    trained = {} if metrics is None else dict(analysis_accuracy=float(metrics["analysis_accuracy"]),
+                                              train_seconds=float(metrics["train_seconds"]),
+                                              machine=metrics["machine"])
+    return ModelInfo(name, image_size, data.MEAN, data.STD, tuple(class_names), weights=weights, **trained)
 
 
 def cross_entropy_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,38 +233,57 @@ def one_cycle(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int,
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=max_lr / (25 * 1e4))
 
 
-def fit(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, batch_size: int,
-        generator: torch.Generator, device: torch.device, desc: str | None,
-        step_loss=cross_entropy_step) -> tuple[float, list[float], int]:
-    """The optimisation loop (AdamW + one-cycle, ``RECIPE``); returns wall seconds, the mean of
-    each reported loss term over the last epoch, and the number of images seen.
+def optimise(model: nn.Module, batches: Callable[[torch.memory_format], Iterable[tuple]], step_loss,
+             *, n_steps: int, max_lr: float, weight_decay: float, pct_start: float,
+             device: torch.device) -> tuple[float, list[torch.Tensor]]:
+    """The one training loop: AdamW (``max_lr``, ``weight_decay``) with :func:`one_cycle` over
+    ``n_steps``; returns wall seconds and each step's reported terms (on the CPU).
 
-    ``step_loss(model, x, y) -> (loss, terms)`` gives the loss to minimise for one batch (``x``
-    as ``to_input`` makes it) and a 1-D tensor of terms to report. Every epoch draws a fresh
-    permutation and uses its full batches only (BatchNorm dislikes a tiny last batch); the few
-    images left over differ from epoch to epoch; fewer images than one batch is a ValueError
-    (:func:`check_batches`). The model trains in ``devices.memory_format`` for a backward through
-    convolutions (contiguous).
+    The model is placed on ``device`` in ``devices.memory_format`` for a backward through
+    convolutions (contiguous) and set to train mode; ``batches(fmt)`` then yields ``n_steps``
+    tuples of arguments, inputs in that format, and ``step_loss(model, *batch) -> (loss, terms)``
+    gives the loss to minimise and a 1-D tensor of terms to report.
     """
-    check_batches(len(labels), batch_size, epochs)
-    steps = len(labels) // batch_size
-    optimizer = torch.optim.AdamW(model.parameters(), lr=RECIPE["max_lr"],
-                                  weight_decay=RECIPE["weight_decay"])
-    schedule = one_cycle(optimizer, RECIPE["max_lr"], epochs * steps, RECIPE["pct_start"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=max_lr, weight_decay=weight_decay)
+    schedule = one_cycle(optimizer, max_lr, n_steps, pct_start)
     fmt = place(model, device, backward_enters_conv=True)
     model.train()
     start = time.perf_counter()
-    for epoch in range(epochs):
-        order = torch.randperm(len(labels), generator=generator)
-        total = 0
-        bar = tqdm(range(steps), desc=f"{desc} epoch {epoch + 1}/{epochs}", disable=desc is None, leave=False)
-        for step in bar:
-            idx = order[step * batch_size:(step + 1) * batch_size]
-            loss, terms = step_loss(model, to_input(images[idx], device, fmt), labels[idx].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total = total + terms.cpu()
-        bar.close()
-    return time.perf_counter() - start, (total / steps).tolist(), epochs * steps * batch_size
+    reported = []
+    for batch in batches(fmt):
+        loss, terms = step_loss(model, *batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        reported.append(terms.cpu())
+    return time.perf_counter() - start, reported
+
+
+def fit(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, batch_size: int,
+        generator: torch.Generator, device: torch.device, desc: str | None,
+        step_loss=cross_entropy_step) -> tuple[float, list[float], int]:
+    """:func:`optimise` over epochs of benchmark images with ``RECIPE``'s settings; returns wall
+    seconds, the mean of each reported loss term over the last epoch, and the number of images seen.
+
+    ``step_loss(model, x, y) -> (loss, terms)`` gives the loss to minimise for one batch (``x``
+    as ``nets.prepare_images`` makes it with the benchmark's normalisation) and a 1-D tensor of
+    terms to report. Every epoch draws a fresh permutation and uses its full batches only
+    (BatchNorm dislikes a tiny last batch); the few images left over differ from epoch to epoch;
+    fewer images than one batch is a ValueError (:func:`check_batches`).
+    """
+    check_batches(len(labels), batch_size, epochs)
+    steps = len(labels) // batch_size
+
+    def batches(fmt: torch.memory_format):
+        for epoch in range(epochs):
+            order = torch.randperm(len(labels), generator=generator)
+            for step in tqdm(range(steps), desc=f"{desc} epoch {epoch + 1}/{epochs}", disable=desc is None,
+                             leave=False):
+                idx = order[step * batch_size:(step + 1) * batch_size]
+                yield (prepare_images(images[idx], device, data.MEAN, data.STD, memory_format=fmt),
+                       labels[idx].to(device))
+
+    seconds, reported = optimise(model, batches, step_loss, n_steps=epochs * steps, max_lr=RECIPE["max_lr"],
+                                 weight_decay=RECIPE["weight_decay"], pct_start=RECIPE["pct_start"], device=device)
+    return seconds, (sum(reported[-steps:]) / steps).tolist(), epochs * steps * batch_size

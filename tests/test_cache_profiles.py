@@ -1,6 +1,8 @@
 """Content-addressed cache, profiles and device selection."""
+import hashlib
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +19,17 @@ def test_cache_key_is_order_independent_and_sensitive_to_values():
     assert cache.cache_key(a=1, b="x") == cache.cache_key(b="x", a=1)
     assert cache.cache_key(a=1, b="x") != cache.cache_key(a=2, b="x")
     assert len(cache.cache_key(a=1)) == 16
+
+
+def test_content_digest_hashes_values_in_order():
+    t = torch.arange(12, dtype=torch.int16).view(3, 4)
+    expected = hashlib.sha256(b"ab" + "x".encode() + t.numpy().tobytes()).hexdigest()
+    assert cache.content_digest(b"ab", "x", t) == expected
+    assert cache.content_digest(b"ab", "x", t.T.contiguous().T) == expected          # layout does not matter
+    assert cache.content_digest(b"ab", "x", np.asfortranarray(t.numpy())) == expected
+    assert cache.content_digest("x", b"ab", t) != expected
+    with pytest.raises(TypeError, match="content_digest hashes"):
+        cache.content_digest(3)
 
 
 def test_cached_torch_computes_once_and_reloads(tmp_path, monkeypatch):

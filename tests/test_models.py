@@ -44,6 +44,23 @@ def test_second_load_comes_from_the_cache(smoke_models):
     assert not [n for n in names if n.startswith(".") or n.endswith(".tmp")]  # atomic writes
 
 
+def test_cached_model_trains_once_and_rebuilds(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADSIM_CACHE", str(tmp_path))
+    calls = []
+
+    def train():
+        calls.append(1)
+        net = torch.nn.Linear(2, 2)
+        torch.nn.init.ones_(net.weight)
+        return {"state_dict": training.cpu_state(net), "metrics": {"accuracy": 0.5}}
+
+    for _ in range(2):
+        model, entry = training.cached_model("ns", "key", lambda: torch.nn.Linear(2, 2), train)
+        assert not model.training and torch.equal(model.weight, torch.ones(2, 2))
+        assert entry == {"metrics": {"accuracy": 0.5}}
+    assert len(calls) == 1 and (tmp_path / "ns" / "key.pt").is_file()
+
+
 def test_training_is_reproducible_and_reports_metrics(smoke_models):
     loaded, _ = smoke_models
     prof = profiles.get_profile("smoke")

@@ -70,6 +70,18 @@ def test_prepare_inputs_resizes_and_rejects_bad_input():
         nets.prepare_inputs(model, torch.rand(3, 224, 224))
 
 
+def test_prepare_images_is_prepare_inputs_and_sets_the_layout():
+    model = models.load_model("resnet18", weights=None, device="cpu")
+    images = torch.randint(0, 256, (2, 3, 40, 40), dtype=torch.uint8)
+    plain = nets.prepare_images(images, torch.device("cpu"), models.IMAGENET_MEAN, models.IMAGENET_STD, 224)
+    assert torch.equal(plain, nets.prepare_inputs(model, images))
+    last = nets.prepare_inputs(model, images, torch.channels_last)
+    assert last.is_contiguous(memory_format=torch.channels_last) and torch.equal(last, plain)
+    same = nets.prepare_images(images, torch.device("cpu"), torch.tensor(models.IMAGENET_MEAN),
+                               models.IMAGENET_STD)
+    assert same.shape == (2, 3, 40, 40)                                  # size None: no resize
+
+
 def test_model_info_names_the_loader():
     with pytest.raises(ValueError, match="no gradsim_info.*load_model"):
         nets.model_info(torchvision.models.resnet18(weights=None))

@@ -58,6 +58,15 @@ def test_package_versions_and_machine():
     assert machine["logical CPUs"] >= 1 and machine["memory (GiB)"] > 0
 
 
+def test_stage_timer_adds_up_repeated_stages(capsys):
+    timer = provenance.StageTimer()
+    for _ in range(2):
+        with timer("stage"):
+            pass
+    assert list(timer.seconds) == ["stage"] and timer.seconds["stage"] >= 0
+    assert capsys.readouterr().out.count("[time] stage:") == 2
+
+
 def test_machine_description_records_what_can_change_a_float():
     machine = provenance.machine_description("cpu")
     for key in ("CPU model", "CPU vendor", "AVX2", "AVX-512F", "torch CPU capability", "ONEDNN_MAX_CPU_ISA",
