@@ -53,18 +53,27 @@ def content_digest(*parts: bytes | str | torch.Tensor | np.ndarray) -> str:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it onto ``path``."""
+    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it onto ``path``, with the
+    permissions a plain ``open(path, "w")`` would give (``mkstemp`` makes the file owner-only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, then restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def cached_torch(namespace: str, key: str, compute: Callable[[], Any]) -> Any:

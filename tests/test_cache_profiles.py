@@ -59,6 +59,13 @@ def test_interrupted_write_leaves_no_entry(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_atomic_write_gives_the_permissions_of_a_plain_write(tmp_path):
+    plain, atomic = tmp_path / "plain.json", tmp_path / "atomic.json"
+    plain.write_text("{}")
+    cache.atomic_write(atomic, lambda tmp: tmp.write_text("{}"))
+    assert atomic.stat().st_mode == plain.stat().st_mode
+
+
 def test_unknown_profile_and_overrides():
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
         profiles.get_profile("fast")
