@@ -3,14 +3,15 @@
 Modules, one concern each, in the layers of DESIGN.md section 11 (each imports only its own layer or
 lower ones, without a circle; ``tests/test_layers.py`` checks it):
 
-1. ``profiles`` (scale settings), ``cache`` (content-addressed disk cache), ``stats`` (bootstrap
-   draws, percentile intervals), ``devices`` (device and memory format), ``provenance`` (commit,
-   versions, machine), and the leaves ``plotting``, ``report`` (glued numbers, recorded claims) and ``book``
+1. ``profiles`` (scale settings, each chapter's sizes), ``cache`` (content-addressed disk cache: the
+   one hasher and atomic writer), ``stats`` (bootstrap draws, percentile intervals, paired
+   differences), ``devices`` (device and memory format), ``provenance`` (commit, versions, machine,
+   stage timings), and the leaves ``plotting``, ``report`` (glued numbers, recorded claims) and ``book``
    (papermill + jupyter-book runner);
 2. ``data`` (controlled benchmark with its class names and normalisation, diffusion images, image
    folders), ``nets`` (what a model is: ResNet layout, tiny ResNets, ``ModelInfo``, input
    preparation);
-3. ``training`` (tiny ResNets on the benchmark), ``models`` (torchvision, tiny and EfficientNet-Lite0
+3. ``training`` (the one optimisation loop and cached-model path; tiny ResNets on the benchmark), ``models`` (torchvision, tiny and EfficientNet-Lite0
    models by name; class names to model outputs), ``extract`` (one batched pass: logits, features,
    gradient weights);
 4. the methods: ``similarity`` (cosine tables), ``clustering`` (K-means, GMM, scores), ``saliency``
