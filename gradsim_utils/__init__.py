@@ -11,7 +11,7 @@ lower ones, without a circle; ``tests/test_layers.py`` checks it):
 2. ``data`` (controlled benchmark with its class names and normalisation, diffusion images, image
    folders), ``nets`` (what a model is: ResNet layout, tiny ResNets, ``ModelInfo``, input
    preparation);
-3. ``training`` (the one optimisation loop and cached-model path; tiny ResNets on the benchmark), ``models`` (torchvision, tiny and EfficientNet-Lite0
+3. ``training`` (the one optimisation loop and cached-model path; tiny ResNets on the benchmark), ``models`` (torchvision, tiny and EfficientNet-Lite0/1/2
    models by name; class names to model outputs), ``extract`` (one batched pass: logits, features,
    gradient weights);
 4. the methods: ``similarity`` (cosine tables), ``clustering`` (K-means, GMM, scores), ``saliency``

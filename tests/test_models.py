@@ -1,4 +1,6 @@
 """Models: loading and caching, weights offline, class names to model outputs."""
+import socket
+import sys
 import time
 
 import pytest
@@ -154,7 +156,7 @@ def test_weights_load_from_the_hub_cache_or_a_checkpoint(empty_hub_dir, tmp_path
 
 
 def test_bad_names_raise_value_errors():
-    with pytest.raises(ValueError, match="unknown model 'resnet19'.*tiny-resnet18.*efficientnet-lite0"):
+    with pytest.raises(ValueError, match="unknown model 'resnet19'.*tiny-resnet18.*lite0.*lite2"):
         models.load_model("resnet19")
     with pytest.raises(ValueError, match="IMAGENET1K_V1"):
         models.load_model("resnet18", weights="IMAGENET_V9")
@@ -162,16 +164,35 @@ def test_bad_names_raise_value_errors():
         models.load_model("tiny-resnet18", checkpoint="x.pth")
 
 
-def test_efficientnet_lite0_sees_a_cat_in_chelsea():
+@pytest.mark.parametrize("name", list(models.LITE_MODELS))
+def test_each_efficientnet_lite_sees_a_cat_in_chelsea(name, monkeypatch):
     skimage_data = pytest.importorskip("skimage.data")
-    model = models.load_model("efficientnet-lite0", device="cpu")
+
+    def no_network(*args):
+        raise AssertionError(f"network access: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    model = models.load_model(name, device="cpu")  # offline: the weights come with the package
+    info = model.gradsim_info
+    assert info.input_size == models.LITE_MODELS[name].input_size and info.mean == info.std == (0.5, 0.5, 0.5)
+    assert info.weights == "IMAGENET1K" and len(info.class_names) == 1000
     photo = torch.from_numpy(skimage_data.chelsea()).permute(2, 0, 1).unsqueeze(0)
+    inputs = nets.prepare_inputs(model, photo)
+    assert inputs.shape == (1, 3, info.input_size, info.input_size)
     with torch.no_grad():
-        probs = model(nets.prepare_inputs(model, photo)).softmax(1)[0]
+        probs = model(inputs).softmax(1)[0]
     top = int(probs.argmax())
-    assert 281 <= top <= 285, model.gradsim_info.class_names[top]
+    assert 281 <= top <= 285, info.class_names[top]  # tabby, tiger cat, Persian, Siamese, Egyptian cat
     assert float(probs[281:286].sum()) > 0.8
-    assert model.gradsim_info.input_size == 224 and model.gradsim_info.mean == (0.5, 0.5, 0.5)
+
+
+def test_a_missing_lite_package_is_named(monkeypatch):
+    spec = models.LITE_MODELS["efficientnet-lite1"]
+    monkeypatch.setitem(sys.modules, spec.module, None)  # import fails as if not installed
+    with pytest.raises(models.WeightsUnavailableError, match=f"install the package {spec.package}"):
+        models.load_model("efficientnet-lite1", device="cpu")
+    random = models.load_model("efficientnet-lite1", weights=None, device="cpu")  # needs no package
+    assert random.gradsim_info.weights is None and random.gradsim_info.input_size == 240
 
 
 def test_confusion_matrix_matches_scikit_learn():
