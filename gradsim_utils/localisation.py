@@ -4,6 +4,14 @@ Seed 004 (section 4.3) turns a map into a box: normalise it to [0, 1], keep the 
 a threshold (0.2), take the box around the largest connected region, and count a query as
 localised when that box's IoU with the ground-truth box is at least 0.5. Boxes are
 ``(x0, y0, x1, y1)`` in pixel edges with ``x1``/``y1`` exclusive, as ``data.make_benchmark`` gives.
+
+Two floors that never look at the image separate a method from where objects sit (issue 16):
+
+* area chance (``area_chance``): a uniformly random point lands on the object with probability equal
+  to the object's share of the image, the pointing game's usual chance level;
+* the centre prior (``centre_prior``): one fixed centred Gaussian for every image. On data whose
+  objects sit near the middle it beats area chance by far, so a localisation claim is judged
+  against the stronger of the two.
 """
 from __future__ import annotations
 
@@ -11,11 +19,12 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-__all__ = ["SEED004_THRESHOLD", "SEED004_MIN_IOU", "normalise_maps", "threshold_box", "threshold_boxes",
+__all__ = ["SEED004_THRESHOLD", "SEED004_MIN_IOU", "CENTRE_PRIOR_SIGMA", "centre_prior", "area_chance", "normalise_maps", "threshold_box", "threshold_boxes",
            "paired_box_iou", "localisation_hits", "localisation_accuracy", "pointing_game", "mask_iou"]
 
 SEED004_THRESHOLD = 0.2
 SEED004_MIN_IOU = 0.5
+CENTRE_PRIOR_SIGMA = 0.25  # the centre prior's standard deviation, a quarter of the image side
 
 
 def _as_maps(maps) -> torch.Tensor:
@@ -37,6 +46,38 @@ def normalise_maps(maps) -> torch.Tensor:
     span = (high - low).clamp_min(torch.finfo(maps.dtype).tiny)
     out = (maps - low[:, None, None]) / span[:, None, None]
     return torch.where((high > low)[:, None, None], out, torch.zeros_like(out))
+
+
+def centre_prior(size: int | tuple[int, int], sigma: float = CENTRE_PRIOR_SIGMA) -> torch.Tensor:
+    """A fixed centred isotropic Gaussian, one map for every image: (H, W) float32.
+
+    m(y, x) = exp(-((y' - 1/2)^2 + (x' - 1/2)^2) / (2 sigma^2)) at the pixel centres y' = (y + 0.5) / H,
+    x' = (x + 0.5) / W (coordinates in image sides, so ``sigma`` is a share of the side; 0.25 by
+    default). Not normalised to a sum: its largest value is 1 at the centre (an odd side) or just
+    below 1 on the four middle pixels (an even side, where they tie). Every score here ignores the
+    map's scale (the pointing game takes the maximum, boxes min-max normalise, AUC uses ranks).
+    """
+    height, width = (size, size) if isinstance(size, int) else size
+    if min(height, width) < 1:
+        raise ValueError(f"size must be positive, got {size!r}")
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma!r}")
+    ys = (torch.arange(height) + 0.5) / height - 0.5
+    xs = (torch.arange(width) + 0.5) / width - 0.5
+    return torch.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / (2 * sigma ** 2))
+
+
+def area_chance(masks) -> torch.Tensor:
+    """Per image, the object's share of the pixels of its (N, H, W) boolean mask: the probability that
+    a uniformly random point hits the object, i.e. the pointing game's chance level (float64, (N,))."""
+    masks = torch.as_tensor(masks)
+    if masks.dtype != torch.bool:
+        raise ValueError(f"masks must be boolean, got {masks.dtype}")
+    if masks.ndim == 2:
+        masks = masks[None]
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (H, W) or (N, H, W), got shape {tuple(masks.shape)}")
+    return masks.flatten(1).double().mean(1)
 
 
 def threshold_box(saliency_map, threshold: float = SEED004_THRESHOLD) -> torch.Tensor:

@@ -27,7 +27,8 @@ per-channel Python loop). Baselines (all on the same feature maps):
   from the image's *own* representation, so ``sum_n v_n A^n`` with the image's own embedding.
 - ``gradfam`` (our reading of Wu et al. 2022): Grad-CAM of the embedding itself (the gradient of
   ``sum_j v_j``), i.e. equal channel weights: the channel-mean activation.
-- ``random`` (random h x w field, upsampled) and ``centre`` (a Gaussian centre prior): floors.
+- ``random`` (random h x w field, upsampled) and ``centre`` (``localisation.centre_prior``, a centred
+  Gaussian with sigma a quarter of the side): floors.
 """
 from __future__ import annotations
 
@@ -39,10 +40,10 @@ import torch.nn.functional as F
 from scipy import stats as _scipy_stats
 from torch import nn
 
-from .localisation import normalise_maps, paired_box_iou, threshold_boxes
+from .localisation import centre_prior, normalise_maps, paired_box_iou, threshold_boxes
 
 __all__ = ["METRICS", "METHODS", "METHOD_LABELS", "SEED004_LOCALISATION", "pool", "support_vector", "cis",
-           "minmax_weights", "channel_weights", "combine", "upsample", "centre_prior", "pair_maps",
+           "minmax_weights", "channel_weights", "combine", "upsample", "pair_maps",
            "box_ious", "randomisation_stages", "randomise", "rank_correlation", "ssim", "sanity_cascade"]
 
 METRICS = ("euclidean", "cosine")
@@ -191,14 +192,6 @@ def upsample(maps: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     out = F.interpolate(maps.reshape(-1, 1, *maps.shape[-2:]).float(), size=size, mode="bilinear",
                         align_corners=False)
     return out.reshape(*lead, *size)
-
-
-def centre_prior(size: int | tuple[int, int], sigma: float = 0.25) -> torch.Tensor:
-    """A Gaussian centred in the image, standard deviation ``sigma`` times the side: (H, W)."""
-    height, width = (size, size) if isinstance(size, int) else size
-    ys = (torch.arange(height) + 0.5) / height - 0.5
-    xs = (torch.arange(width) + 0.5) / width - 0.5
-    return torch.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / (2 * sigma ** 2))
 
 
 def pair_maps(features: torch.Tensor, query_idx, support_idx, metric: str,

@@ -21,7 +21,7 @@ from .stats import Estimate, paired_difference, percentile_interval
 
 __all__ = [
     "cosine_matrix",
-    "unordered_pairs",
+    "unordered_pairs", "between_class_pairs",
     "within_class_cosine",
     "within_class_cosine_from_matrix",
     "within_class_agreement",
@@ -81,6 +81,18 @@ def unordered_pairs(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     labels = torch.as_tensor(labels)
     i, j = torch.triu_indices(len(labels), len(labels), offset=1)
     return i, j, labels[i] == labels[j]
+
+
+def between_class_pairs(labels: torch.Tensor, n_pairs: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n_pairs`` unordered pairs (i, j), i < j, of samples with different labels, drawn without
+    replacement (all of them if there are fewer) with ``numpy.random.default_rng(seed)``; in the
+    order of ``unordered_pairs``. The baseline of a within-class pair statistic."""
+    if not isinstance(n_pairs, (int, np.integer)) or n_pairs < 0:
+        raise ValueError(f"n_pairs must be a non-negative int, got {n_pairs!r}")
+    i, j, same = unordered_pairs(labels)
+    between = (~same).nonzero().flatten().numpy()
+    drawn = np.sort(np.random.default_rng(seed).choice(between, size=min(int(n_pairs), len(between)), replace=False))
+    return i[drawn], j[drawn]
 
 
 def _check_labels(labels: torch.Tensor, n: int) -> torch.Tensor:

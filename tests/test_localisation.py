@@ -64,3 +64,38 @@ def test_pointing_game_and_mask_iou():
     assert loc.mask_iou(torch.zeros(3, 3), torch.zeros(3, 3)).item() == 0.0
     with pytest.raises(ValueError, match="NaN"):
         loc.threshold_box(np.full((3, 3), np.nan))
+
+
+def test_centre_prior_shape_peak_and_formula():
+    odd = loc.centre_prior(9)
+    assert odd.shape == (9, 9) and odd.argmax() == 4 * 9 + 4 and odd.max().item() == 1.0
+    assert torch.allclose(odd, odd.flip(0)) and torch.allclose(odd, odd.T)
+    # pixel (0, 4): y' = 0.5 / 9 - 0.5, x' = 0; sigma a quarter of the side
+    assert odd[0, 4].item() == pytest.approx(np.exp(-(0.5 / 9 - 0.5) ** 2 / (2 * 0.25 ** 2)), rel=1e-6)
+    even = loc.centre_prior((8, 8))
+    middle = even[3:5, 3:5]
+    assert (middle == even.max()).all() and (even < even.max()).sum() == 60 and even.max() < 1
+    assert loc.centre_prior((6, 10)).shape == (6, 10)
+    assert loc.centre_prior(9, sigma=0.1)[0, 0] < odd[0, 0]  # a narrower prior falls off faster
+    with pytest.raises(ValueError, match="sigma"):
+        loc.centre_prior(9, sigma=0.0)
+    with pytest.raises(ValueError, match="size"):
+        loc.centre_prior(0)
+
+
+def test_pointing_game_of_the_centre_prior_on_hand_made_masks():
+    masks = torch.zeros(3, 8, 8, dtype=torch.bool)
+    masks[0, 2:6, 2:6] = True     # a central object: hit
+    masks[1, :3, :3] = True       # a corner object: miss
+    masks[2, 4, 4] = True         # one of the four tied middle pixels: ties count, hit
+    prior = loc.centre_prior(8).expand(3, 8, 8)
+    assert loc.pointing_game(prior, masks).tolist() == [True, False, True]
+
+
+def test_area_chance_is_the_object_share():
+    masks = torch.zeros(2, 4, 5, dtype=torch.bool)
+    masks[0, :2, :] = True
+    assert loc.area_chance(masks).tolist() == pytest.approx([0.5, 0.0])
+    assert loc.area_chance(masks[0]).tolist() == pytest.approx([0.5])
+    with pytest.raises(ValueError, match="boolean"):
+        loc.area_chance(masks.double())

@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from gradsim_utils import saliency, similarity
 from gradsim_utils.nets import build_tiny_resnet
-from gradsim_utils.stats import image_bootstrap_counts
+from gradsim_utils.stats import image_bootstrap_counts, paired_difference
 
 EPS = saliency.KLD_EPS
 
@@ -175,6 +175,57 @@ def test_pair_mean_ci_is_the_class_mean_with_an_interval():
     assert reps[1] == pytest.approx(np.mean(by_class))
     with pytest.raises(ValueError, match="groups"):
         saliency.pair_mean_ci(values, i, j, counts, groups=[0, 1])
+
+
+def test_between_class_and_class_free_pair_means_against_a_loop():
+    """Between-class pairs (one group) and within-class pairs (class groups) of class-free maps: the
+    vectorised CC and the resampled pair means equal a plain loop over pairs and replicates."""
+    gen = torch.Generator().manual_seed(3)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2])
+    maps = torch.rand(8, 6, 5, generator=gen, dtype=torch.float64)  # stands in for equal-weight (class-free) maps
+    i_b, j_b = similarity.between_class_pairs(labels, 12, seed=0)
+    i_all, j_all, same = similarity.unordered_pairs(labels)
+    i_w, j_w = i_all[same], j_all[same]
+    counts = image_bootstrap_counts(labels, n_resamples=50, seed=1)
+    for i, j, groups in ((i_b, j_b, None), (i_w, j_w, labels[i_w].numpy())):
+        values = saliency.pair_metrics(maps, i, j)["cc"].to_numpy()
+        by_loop = [np.corrcoef(maps[a].ravel(), maps[b].ravel())[0, 1] for a, b in zip(i.tolist(), j.tolist())]
+        np.testing.assert_allclose(values, by_loop, atol=1e-12)
+        reps = saliency.pair_mean_replicates(values, i, j, counts, groups=groups)
+        group_of = np.zeros(len(values), dtype=int) if groups is None else groups
+        for r, n in enumerate([np.ones(8, dtype=int), *counts]):
+            means = []
+            for g in np.unique(group_of):
+                num = den = 0.0
+                for p in np.flatnonzero(group_of == g):
+                    weight = n[int(i[p])] * n[int(j[p])]
+                    num, den = num + weight * values[p], den + weight
+                if den > 0:
+                    means.append(num / den)
+            assert reps[r] == pytest.approx(np.mean(means) if means else np.nan, nan_ok=True)
+
+
+def test_within_minus_between_interval_is_paired_on_the_same_resamples():
+    gen = torch.Generator().manual_seed(4)
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    maps = torch.rand(8, 4, 4, generator=gen, dtype=torch.float64)
+    i_all, j_all, same = similarity.unordered_pairs(labels)
+    i_w, j_w = i_all[same], j_all[same]
+    i_b, j_b = similarity.between_class_pairs(labels, len(i_w), seed=0)
+    counts = image_bootstrap_counts(labels, n_resamples=400, seed=2)
+    within = saliency.pair_mean_replicates(saliency.pair_metrics(maps, i_w, j_w)["cc"], i_w, j_w, counts,
+                                           groups=labels[i_w].numpy())
+    between = saliency.pair_mean_replicates(saliency.pair_metrics(maps, i_b, j_b)["cc"], i_b, j_b, counts)
+    diff = paired_difference(within[0], within[1:], between[0], between[1:])
+    by_hand = [w - b for w, b in zip(within[1:], between[1:])]  # replicate r of both from resample r
+    assert diff.value == pytest.approx(within[0] - between[0])
+    assert (diff.low, diff.high) == pytest.approx(tuple(np.percentile(by_hand, [2.5, 97.5])))
+    # not the difference of two independent intervals: shuffling the pairing changes the interval
+    shuffled = np.random.default_rng(0).permutation(between[1:])
+    unpaired = paired_difference(within[0], within[1:], between[0], shuffled)
+    assert (unpaired.low, unpaired.high) != pytest.approx((diff.low, diff.high))
+    with pytest.raises(ValueError, match="same resamples"):
+        paired_difference(within[0], within[1:], between[0], between[2:])
 
 
 # --- Grad-CAM -----------------------------------------------------------------------------

@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy import stats
 
-from gradsim_utils import sfam
+from gradsim_utils import localisation, sfam
 from gradsim_utils.nets import build_tiny_resnet
 
 
@@ -124,9 +124,9 @@ def test_batched_maps_equal_per_pair_maps(metric):
     assert torch.allclose(batched["sfam"][0][1], by_hand, atol=1e-6)
 
 
-def test_centre_prior_and_random_maps():
-    prior = sfam.centre_prior(9)
-    assert prior.argmax() == 4 * 9 + 4
+def test_centre_and_random_maps():
+    centre = sfam.pair_maps(torch.rand(3, 4, 2, 2), [0, 1], [[2], [2]], "euclidean", ("centre",), image_size=9)
+    assert torch.equal(centre["centre"][1], localisation.centre_prior(9))
     maps = sfam.pair_maps(torch.rand(3, 4, 2, 2), [0, 1], [[2], [2]], "euclidean", ("random",), image_size=8)
     assert maps["random"].shape == (2, 8, 8) and not torch.equal(maps["random"][0], maps["random"][1])
 

@@ -209,3 +209,16 @@ def test_auc_ties_vectors_equal_up_to_round_off():
     noise = 1e-6 * torch.randn(8, 64, generator=torch.Generator().manual_seed(6)).double()
     stats = similarity.pair_statistics(similarity.cosine_matrix(base + noise), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]))
     assert stats.auc[0] == 0.5
+
+
+def test_between_class_pairs_are_distinct_different_class_pairs():
+    labels = torch.tensor([0, 0, 1, 1, 1, 2])
+    i, j = similarity.between_class_pairs(labels, 5, seed=0)
+    assert len(i) == 5 and (labels[i] != labels[j]).all() and (i < j).all()
+    assert len(set(zip(i.tolist(), j.tolist()))) == 5
+    all_i, all_j = similarity.between_class_pairs(labels, 100, seed=0)  # more than exist: all 11 of them
+    i_ref, j_ref, same = similarity.unordered_pairs(labels)
+    assert torch.equal(all_i, i_ref[~same]) and torch.equal(all_j, j_ref[~same])
+    assert torch.equal(similarity.between_class_pairs(labels, 5, seed=0)[0], i)
+    with pytest.raises(ValueError, match="n_pairs"):
+        similarity.between_class_pairs(labels, -1)
