@@ -11,11 +11,17 @@ Steps (reference settings from the public code nkondapa/RSVC, see METHODS.md):
 4. Similarity of concept j of model 1 to model 2: the z-scored coefficients u_j of model 1 predicted
    from the z-scored activations of model 2 by a Lasso (alpha 0.1), cross-validated with folds split
    by image (GroupKFold); Pearson r between held-out true and predicted u_j, pooled over the folds
-   (the reference code averages one r per fold instead; METHODS.md leaves it open). Beside it the
+   (the reference code averages one r per fold instead; METHODS.md leaves it open). The book
+   z-scores with each fold's training rows (``standardise="per_fold"``); the reference code z-scores
+   all rows before splitting (``"all_rows"``, its compare_models.py), so the held-out rows' mean and
+   spread enter the standardisation. Beside it the
    self-prediction ceiling (model 1's own activations) and the max-correlation baseline
    max_l r(u_j^(1), u_l^(2)) between the two models' own concepts.
-5. Importance of concept j: integrated gradients (captum, 30 steps, baseline 0) of the class logit
-   through the head in concept space, u -> fc(u W), averaged over the class's patches.
+5. Importance of concept j: integrated gradients (captum, 30 steps, baseline 0) through the head in
+   concept space, u -> fc(u W), averaged over the class's patches, of the class logit (the book's
+   choice, ``score="logit"``) or of the class log-softmax (``"log_softmax"``: the reference code
+   integrates the gradient of the cross-entropy and flips its sign, concept_integrated_gradients.py
+   and its visualisation script).
 
 Also: the pink-square known-difference pair (two tiny ResNets trained on benchmarks that differ
 only in where the magenta square is), grouped bootstrap intervals, and the layer-wise heatmap.
@@ -45,13 +51,19 @@ from .stats import image_bootstrap_counts, percentile_bounds
 __all__ = [
     "PATCH_FRACTION", "STRIDE_FRACTION", "Patches", "patch_positions", "extract_patches",
     "patch_marker_coverage", "layer_activations", "Concepts", "fit_concepts", "nnls_coefficients",
-    "pearson_columns", "cross_validated_prediction", "group_bootstrap_pearson", "max_correlation",
+    "STANDARDISATIONS", "IMPORTANCE_SCORES", "pearson_columns", "cross_validated_prediction",
+    "held_out_similarity", "group_bootstrap_pearson", "max_correlation",
     "concept_attributions", "ClassComparison", "compare_class", "compare_both_directions", "concept_purity",
     "layerwise_similarity", "marker_benchmarks", "marker_models",
 ]
 
 PATCH_FRACTION = 64 / 224   # reference: 64 px patches on 224 px images
 STRIDE_FRACTION = 51 / 224  # reference: stride 51 px
+#: z-scoring of the regression: with each fold's training rows (the book), or all rows before the
+#: split (the reference code's compare_models.py).
+STANDARDISATIONS = ("per_fold", "all_rows")
+#: what the importance integrates: the class logit (the book), or the class log-softmax (the reference).
+IMPORTANCE_SCORES = ("logit", "log_softmax")
 CODE_VERSION = "rsvc-2"  # 2: contiguous training on CPU (devices.memory_format), the machine recorded
 
 
@@ -215,29 +227,49 @@ def _check_groups(groups, n: int, n_folds: int) -> np.ndarray:
     return groups
 
 
-def cross_validated_prediction(X, Y, groups, n_folds: int = 5, alpha: float = 0.1,
-                               max_iter: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+def cross_validated_prediction(X, Y, groups, n_folds: int = 5, alpha: float = 0.1, max_iter: int = 1000,
+                               standardise: str = "per_fold") -> tuple[np.ndarray, np.ndarray]:
     """Held-out Lasso predictions of Y (P x k) from X (P x C), folds split by image (GroupKFold).
 
-    In each fold X and Y are z-scored with the training rows' mean and standard deviation, a
-    Lasso(alpha) is fit per column of Y, and the held-out rows are predicted. Returns the
-    z-scored true Y and the predictions (both P x k, in held-out order restored to the input's).
+    X and Y are z-scored, a Lasso(alpha) is fit per column of Y on the training rows, and the
+    held-out rows are predicted. ``standardise="per_fold"`` (the book) z-scores with the mean and
+    standard deviation of each fold's training rows; ``"all_rows"`` (the reference code) z-scores
+    once with all rows, held-out ones included, before splitting. Returns the z-scored true Y and
+    the predictions (both P x k, in held-out order restored to the input's).
     """
     X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
     if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
         raise ValueError(f"X and Y must be matrices with the same rows, got {X.shape} and {Y.shape}")
     if alpha <= 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
+    if standardise not in STANDARDISATIONS:
+        raise ValueError(f"standardise must be one of {list(STANDARDISATIONS)}, got {standardise!r}")
     groups = _check_groups(groups, X.shape[0], n_folds)
     true, pred = np.zeros_like(Y), np.zeros_like(Y)
+    everything = np.arange(X.shape[0])
     for train, test in GroupKFold(n_splits=n_folds).split(X, groups=groups):
-        xs, ys = StandardScaler().fit(X[train]), StandardScaler().fit(Y[train])
+        fit_rows = train if standardise == "per_fold" else everything
+        xs, ys = StandardScaler().fit(X[fit_rows]), StandardScaler().fit(Y[fit_rows])
         lasso = Lasso(alpha=alpha, max_iter=max_iter, precompute=True)
         with threadpool_limits(limits=1):
             lasso.fit(xs.transform(X[train]), ys.transform(Y[train]))
         true[test] = ys.transform(Y[test])
         pred[test] = lasso.predict(xs.transform(X[test])).reshape(len(test), -1)
     return true, pred
+
+
+def _fold_count(groups, n_folds: int) -> int:
+    """``n_folds``, capped at the number of images (each fold holds out at least one image)."""
+    return min(n_folds, len(np.unique(np.asarray(groups))))
+
+
+def held_out_similarity(X, Y, groups, n_folds: int = 5, alpha: float = 0.1,
+                        standardise: str = "per_fold") -> np.ndarray:
+    """RSVC similarity without interval: per column of Y, the Pearson r of the held-out predictions
+    of :func:`cross_validated_prediction` pooled over folds (folds capped at the number of images,
+    as in :func:`compare_class`)."""
+    return pearson_columns(*cross_validated_prediction(X, Y, groups, _fold_count(groups, n_folds), alpha,
+                                                       standardise=standardise))
 
 
 def group_bootstrap_pearson(y, yhat, groups, n_resamples: int = 1000, level: float = 0.95,
@@ -285,28 +317,37 @@ def max_correlation(U1, U2) -> np.ndarray:
 
 
 class _ConceptHead(nn.Module):
-    """u (N x k) -> head(u W): the classifier head read in concept space."""
+    """u (N x k) -> head(u W), the classifier head read in concept space; its log-softmax with
+    ``log_softmax=True``."""
 
-    def __init__(self, W: torch.Tensor, head: nn.Module):
+    def __init__(self, W: torch.Tensor, head: nn.Module, log_softmax: bool = False):
         super().__init__()
         self.register_buffer("W", W)
         self.head = head
+        self.log_softmax = log_softmax
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        return self.head(u @ self.W)
+        out = self.head(u @ self.W)
+        return out.log_softmax(-1) if self.log_softmax else out
 
 
-def concept_attributions(U, W, head: nn.Module, target: int, n_steps: int = 30) -> np.ndarray:
-    """Integrated gradients (captum, baseline u = 0) of logit ``target`` of u -> head(u W), per
-    patch and concept (P x k). Completeness: each row sums to head(u W)_t - head(0)_t."""
+def concept_attributions(U, W, head: nn.Module, target: int, n_steps: int = 30,
+                         score: str = "logit") -> np.ndarray:
+    """Integrated gradients (captum, baseline u = 0) of class ``target``'s score g_t of
+    u -> head(u W), per patch and concept (P x k). ``score="logit"`` (the book): g = head(u W);
+    ``"log_softmax"`` (the reference code: minus the cross-entropy): g = log_softmax(head(u W)).
+    Completeness: each row sums to g_t(u) - g_t(0) (exactly for a linear head and the logit, up to
+    the quadrature error otherwise)."""
     from captum.attr import IntegratedGradients
 
+    if score not in IMPORTANCE_SCORES:
+        raise ValueError(f"score must be one of {list(IMPORTANCE_SCORES)}, got {score!r}")
     U = torch.as_tensor(np.asarray(U), dtype=torch.float32)
     W = torch.as_tensor(np.asarray(W), dtype=torch.float32)
     if U.ndim != 2 or W.ndim != 2 or U.shape[1] != W.shape[0]:
         raise ValueError(f"U (P x k) and W (k x C) must agree in k, got {tuple(U.shape)} and {tuple(W.shape)}")
     device = next(head.parameters()).device
-    f = _ConceptHead(W.to(device), head).eval()
+    f = _ConceptHead(W.to(device), head, log_softmax=score == "log_softmax").eval()
     with torch.enable_grad():
         attr = IntegratedGradients(f).attribute(U.to(device), baselines=0.0, target=int(target),
                                                 n_steps=n_steps)
@@ -323,7 +364,8 @@ class ClassComparison:
 
     similarity / ci_low / ci_high: held-out Pearson r per concept of model 1 with its grouped
     bootstrap interval; ceiling: model 1 predicting its own concepts; max_corr: the baseline;
-    importance: mean IG attribution of each concept to the class logit (None without a head);
+    importance: mean IG attribution of each concept to the class score (the logit or the
+    log-softmax, ``importance_score`` of :func:`compare_class`; None without a head);
     coefficients: NNLS coefficients of model 1's patches (P x k); concepts: the NMF.
     """
 
@@ -342,28 +384,30 @@ class ClassComparison:
 def compare_class(acts1, acts2, groups, n_concepts: int = 10, n_folds: int = 5, alpha: float = 0.1,
                   head: nn.Module | None = None, target: int | None = None, ig_steps: int = 30,
                   n_resamples: int = 1000, seed: int = 0, coefficients2=None,
-                  concepts: Concepts | None = None) -> ClassComparison:
+                  concepts: Concepts | None = None, standardise: str = "per_fold",
+                  importance_score: str = "logit") -> ClassComparison:
     """RSVC for one class: concepts of model 1 from ``acts1`` (P x C1), predicted from ``acts2``
     (P x C2, the same patches); ``groups`` the image of each patch. ``head``/``target`` add the
-    IG importance. ``coefficients2``: model 2's own NNLS coefficients for the max-correlation
-    baseline (computed here from an NMF of acts2 if None); ``concepts``: model 1's NMF, if already
-    fitted on ``acts1``."""
+    IG importance (of ``importance_score``, see :func:`concept_attributions`). ``standardise``: the
+    regression's z-scoring (:func:`cross_validated_prediction`), for the similarity and the ceiling.
+    ``coefficients2``: model 2's own NNLS coefficients for the max-correlation baseline (computed
+    here from an NMF of acts2 if None); ``concepts``: model 1's NMF, if already fitted on ``acts1``."""
     a1, a2 = _nonnegative(acts1, "acts1"), np.asarray(acts2, np.float64)
     if a2.shape[0] != a1.shape[0]:
         raise ValueError(f"acts1 and acts2 must describe the same patches, got {a1.shape[0]} and {a2.shape[0]} rows")
-    n_folds = min(n_folds, len(np.unique(np.asarray(groups))))
+    n_folds = _fold_count(groups, n_folds)
     concepts = concepts if concepts is not None else fit_concepts(a1, n_concepts, seed)
     U = nnls_coefficients(a1, concepts.W)
-    true, pred = cross_validated_prediction(a2, U, groups, n_folds, alpha)
+    true, pred = cross_validated_prediction(a2, U, groups, n_folds, alpha, standardise=standardise)
     value, low, high = group_bootstrap_pearson(true, pred, groups, n_resamples, seed=seed)
-    t_self, p_self = cross_validated_prediction(a1, U, groups, n_folds, alpha)
+    t_self, p_self = cross_validated_prediction(a1, U, groups, n_folds, alpha, standardise=standardise)
     if coefficients2 is None:
         coefficients2 = nnls_coefficients(a2, fit_concepts(a2, n_concepts, seed).W)
     importance = None
     if head is not None:
         if target is None:
             raise ValueError("target (the class index) is required with head")
-        importance = concept_attributions(U, concepts.W, head, target, ig_steps).mean(0)
+        importance = concept_attributions(U, concepts.W, head, target, ig_steps, importance_score).mean(0)
     return ClassComparison(similarity=value, ci_low=low, ci_high=high,
                            ceiling=pearson_columns(t_self, p_self),
                            max_corr=max_correlation(U, coefficients2), importance=importance,

@@ -42,11 +42,13 @@ from torch import nn
 
 from .localisation import centre_prior, normalise_maps, paired_box_iou, threshold_boxes
 
-__all__ = ["METRICS", "METHODS", "METHOD_LABELS", "SEED004_LOCALISATION", "pool", "support_vector", "cis",
+__all__ = ["METRICS", "ORDERS", "METHODS", "METHOD_LABELS", "SEED004_LOCALISATION", "pool", "support_vector", "cis",
            "minmax_weights", "channel_weights", "combine", "upsample", "pair_maps",
            "box_ious", "randomisation_stages", "randomise", "rank_correlation", "ssim", "sanity_cascade"]
 
 METRICS = ("euclidean", "cosine")
+#: Orders of the cascading randomisation: Adebayo et al. 2018's, and seed 004's (Fig. 5).
+ORDERS = ("top-down", "bottom-up")
 METHODS = ("sfam", "gradcam", "decomposition", "ram", "gradfam", "random", "centre")
 METHOD_LABELS = {
     "sfam": "SFAM (seed 004)",
@@ -245,15 +247,20 @@ def pair_maps(features: torch.Tensor, query_idx, support_idx, metric: str,
 
 
 # ---------------------------------------------------------------------------------------------
-# sanity check (Adebayo et al. 2018): cascading randomisation from the top layer down
+# sanity check: cascading randomisation, from the top (Adebayo et al. 2018) or from the bottom (seed 004)
 
 
-def randomisation_stages(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
-    """The cascade of a (tiny or torchvision) ResNet from the top: ``[(name, modules), ...]``.
+def randomisation_stages(model: nn.Module, order: str = "top-down") -> list[tuple[str, list[nn.Module]]]:
+    """The cascade of a (tiny or torchvision) ResNet: ``[(name, modules), ...]``, per stage the
+    modules newly randomised (a residual block, or the stem ``conv1`` + ``bn1``).
 
-    Stage 1 re-initialises the last residual block, stage 2 also the one before, and so on down
-    to the stem (``conv1`` + ``bn1``); the list gives, per stage, the modules newly randomised.
+    ``order="top-down"`` (Adebayo et al. 2018): the last residual block first, then also the one
+    before, and so on down to the stem. ``order="bottom-up"`` (seed 004, Fig. 5: "from the 1-st
+    convolution layer to the 4-th, the 7-th, the 9-th, and the 12-th"): the same stages reversed,
+    the stem first and the last block last.
     """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {list(ORDERS)}, got {order!r}")
     net = getattr(model, "trunk", model)  # a metric_learning.MetricModel keeps its ResNet there
     stages = []
     for layer in ("layer4", "layer3", "layer2", "layer1"):
@@ -263,7 +270,15 @@ def randomisation_stages(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
         for i in reversed(range(len(blocks))):
             stages.append((f"{layer}.{i}", [blocks[i]]))
     stages.append(("conv1", [net.conv1, net.bn1]))
-    return stages
+    return stages if order == "top-down" else stages[::-1]
+
+
+def _seeded_stages(model: nn.Module, order: str, seed: int) -> list[tuple[str, list[nn.Module], int]]:
+    """:func:`randomisation_stages` with each stage's seed: ``seed`` plus the stage's position counted
+    from the top (1 for the last block), whatever the order, so a block gets the same random weights
+    in both orders and the fully random network is the same."""
+    from_top = {name: position for position, (name, _) in enumerate(randomisation_stages(model), start=1)}
+    return [(name, modules, seed + from_top[name]) for name, modules in randomisation_stages(model, order)]
 
 
 def _reset(modules: list[nn.Module], seed: int) -> None:
@@ -280,18 +295,20 @@ def _reset(modules: list[nn.Module], seed: int) -> None:
                     sub.reset_running_stats()
 
 
-def randomise(model: nn.Module, n_stages: int, seed: int = 0) -> nn.Module:
-    """A copy of ``model`` with the top ``n_stages`` stages of :func:`randomisation_stages` re-initialised.
+def randomise(model: nn.Module, n_stages: int, seed: int = 0, order: str = "top-down") -> nn.Module:
+    """A copy of ``model`` with the first ``n_stages`` stages of :func:`randomisation_stages` (in
+    ``order``) re-initialised.
 
-    Stage s (counting from 1) is seeded with ``seed + s``, so the cascade is the same whether it
-    is built at once or stage by stage (as :func:`sanity_cascade` does).
+    A stage's seed is ``seed`` plus its position counted from the top (the last block: 1), in
+    either order, so the cascade is the same whether it is built at once or stage by stage (as
+    :func:`sanity_cascade` does), and both orders end in the same fully random network.
     """
-    stages = randomisation_stages(model)
-    if not 0 <= n_stages <= len(stages):
-        raise ValueError(f"n_stages must be in [0, {len(stages)}], got {n_stages}")
+    total = len(randomisation_stages(model, order))
+    if not 0 <= n_stages <= total:
+        raise ValueError(f"n_stages must be in [0, {total}], got {n_stages}")
     clone = copy.deepcopy(model)
-    for stage, (_, modules) in enumerate(randomisation_stages(clone)[:n_stages], start=1):
-        _reset(modules, seed + stage)
+    for _, modules, stage_seed in _seeded_stages(clone, order, seed)[:n_stages]:
+        _reset(modules, stage_seed)
     return clone.eval()
 
 
@@ -342,30 +359,32 @@ def box_ious(maps: dict[str, torch.Tensor], boxes: torch.Tensor, threshold: floa
 
 def sanity_cascade(model: nn.Module, images: torch.Tensor, query_idx, support_idx, metric: str,
                    methods=METHODS, image_size: int | None = None, seed: int = 0,
-                   n_stages: int | None = None) -> list[dict]:
-    """Cascading randomisation (Adebayo et al. 2018) of ``model`` from the top, scored per pair.
+                   n_stages: int | None = None, order: str = "top-down") -> list[dict]:
+    """Cascading randomisation of ``model``, scored per pair: from the top (``order="top-down"``,
+    Adebayo et al. 2018) or from the stem up (``"bottom-up"``, seed 004's Fig. 5).
 
     ``model.features(images)`` must return the feature maps (e.g. a ``MetricModel``). Stage 0 is
-    the trained model; stage s has the top s stages of :func:`randomisation_stages` re-initialised
-    (as :func:`randomise` does; built incrementally here). ``n_stages`` evaluates only that many
-    stages, evenly spaced, always including the first and the last (every block random).
-    Each evaluated stage's maps are compared with stage 0's by Spearman rank correlation and
-    SSIM. Returns records ``{stage, randomised, method, pair, spearman, ssim}``.
+    the trained model; stage s has the first s stages of :func:`randomisation_stages` in ``order``
+    re-initialised (as :func:`randomise` does, with the same seeds; built incrementally here).
+    ``n_stages`` evaluates only that many stages, evenly spaced, always including the first and
+    the last (every block random). Each evaluated stage's maps are compared with stage 0's by
+    Spearman rank correlation and SSIM. Returns records ``{stage, randomised, method, pair,
+    spearman, ssim}``, ``randomised`` naming the stage's newly randomised block.
     """
     query_idx = torch.as_tensor(query_idx, dtype=torch.long)
     support_idx = torch.as_tensor(support_idx, dtype=torch.long).reshape(len(query_idx), -1)
     used, inverse = torch.unique(torch.cat([query_idx, support_idx.flatten()]), return_inverse=True)
     q_local, s_local = inverse[:len(query_idx)], inverse[len(query_idx):].reshape(support_idx.shape)
     subset = images[used]
-    total = len(randomisation_stages(model))
+    total = len(randomisation_stages(model, order))
     chosen = set(range(total + 1)) if n_stages is None else \
         {0, *np.unique(np.linspace(1, total, max(1, n_stages)).round().astype(int)).tolist()}
     net = copy.deepcopy(model).eval()
-    stages = [("none", [])] + randomisation_stages(net)
+    stages = [("none", [], None)] + _seeded_stages(net, order, seed)
     records = []
-    for stage, (name, modules) in enumerate(stages):
+    for stage, (name, modules, stage_seed) in enumerate(stages):
         if stage:
-            _reset(modules, seed + stage)
+            _reset(modules, stage_seed)
         if stage not in chosen:
             continue
         maps = pair_maps(net.features(subset), q_local, s_local, metric, methods, image_size, seed)

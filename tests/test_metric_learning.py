@@ -148,3 +148,21 @@ def test_sanity_cascade_matches_randomise_at_once():
     expected = sfam.rank_correlation(reference, at_once)
     got = [r["spearman"] for r in records if r["stage"] == 9]
     assert got == pytest.approx(expected.tolist())
+
+
+def test_sanity_cascade_bottom_up_matches_randomise_at_once():
+    cfg = ml.config_for_profile("smoke", image_size=16)
+    model = ml.build_metric_model("euclidean", cfg).eval()
+    images = data.make_benchmark(n_per_class=1, image_size=16).images[:4]
+    query, support = torch.tensor([0, 1]), torch.tensor([[2], [3]])
+    records = sfam.sanity_cascade(model, images, query, support, "euclidean", ("sfam",), 16, seed=3, n_stages=3,
+                                  order="bottom-up")
+    assert sorted({r["stage"] for r in records}) == [0, 1, 5, 9]
+    assert {r["randomised"] for r in records if r["stage"] == 1} == {"conv1"}        # the stem first
+    feats = lambda m: m.features(images)
+    reference = sfam.pair_maps(feats(model), query, support, "euclidean", ("sfam",), 16)["sfam"]
+    for stage in (1, 5):
+        at_once = sfam.randomise(model, stage, seed=3, order="bottom-up")
+        expected = sfam.rank_correlation(reference, sfam.pair_maps(feats(at_once), query, support, "euclidean",
+                                                                   ("sfam",), 16)["sfam"])
+        assert [r["spearman"] for r in records if r["stage"] == stage] == pytest.approx(expected.tolist())

@@ -155,3 +155,71 @@ def test_compare_class_flags_the_concept_model_2_lacks():
     assert one.similarity[missing] < 0.3 < np.delete(one.similarity, missing).min()
     assert (one.ceiling > 0.9).all()
     assert two.similarity.shape == (4,) and one.importance is None
+
+
+def _lasso_by_hand(X, Y, groups, n_folds, alpha, all_rows):
+    """Oracle for cross_validated_prediction: numpy z-scores (population sd, as sklearn and the
+    reference's ``standardize``) from all rows or from each fold's training rows, sklearn's Lasso."""
+    from sklearn.linear_model import Lasso
+    from sklearn.model_selection import GroupKFold
+
+    z = lambda a, rows: (a - a[rows].mean(0)) / a[rows].std(0)
+    true, pred = np.zeros_like(Y), np.zeros_like(Y)
+    for train, test in GroupKFold(n_splits=n_folds).split(X, groups=groups):
+        rows = np.arange(len(X)) if all_rows else train
+        xz, yz = z(X, rows), z(Y, rows)
+        lasso = Lasso(alpha=alpha, max_iter=1000, precompute=True).fit(xz[train], yz[train])
+        true[test], pred[test] = yz[test], lasso.predict(xz[test])
+    return true, pred
+
+
+@pytest.mark.parametrize("standardise", rsvc.STANDARDISATIONS)
+def test_regression_standardisation_matches_a_hand_written_oracle(standardise):
+    U, _, groups, rng = _planted(n_images=20, per_image=4)
+    X = U @ rng.normal(size=(U.shape[1], 12)) + 0.5 * rng.normal(size=(len(U), 12))
+    X[groups < 4] += 3.0                              # a shift that only some folds hold out
+    true, pred = rsvc.cross_validated_prediction(X, U, groups, n_folds=5, alpha=0.1, standardise=standardise)
+    t_hand, p_hand = _lasso_by_hand(X, U, groups, 5, 0.1, all_rows=standardise == "all_rows")
+    np.testing.assert_allclose(true, t_hand, atol=1e-10)
+    np.testing.assert_allclose(pred, p_hand, atol=1e-6)
+    other = "per_fold" if standardise == "all_rows" else "all_rows"
+    t_other, _ = rsvc.cross_validated_prediction(X, U, groups, n_folds=5, alpha=0.1, standardise=other)
+    assert not np.allclose(true, t_other)             # the two choices differ on the same data
+    assert rsvc.held_out_similarity(X, U, groups, 5, 0.1, standardise) == pytest.approx(
+        rsvc.pearson_columns(true, pred))
+    with pytest.raises(ValueError, match="standardise"):
+        rsvc.cross_validated_prediction(X, U, groups, standardise="global")
+
+
+def test_compare_class_similarity_is_held_out_similarity_and_defaults_unchanged():
+    U, W, groups, rng = _planted(n_images=12, per_image=4, k=3, c=10)
+    acts2 = np.maximum(U @ rng.normal(size=(3, 15)), 0)
+    res = rsvc.compare_class(U @ W, acts2, groups, n_concepts=3, n_resamples=50)
+    np.testing.assert_allclose(res.similarity, rsvc.held_out_similarity(acts2, res.coefficients, groups))
+    ref = rsvc.compare_class(U @ W, acts2, groups, n_concepts=3, n_resamples=50, standardise="all_rows")
+    np.testing.assert_allclose(ref.similarity, rsvc.held_out_similarity(acts2, ref.coefficients, groups,
+                                                                        standardise="all_rows"))
+
+
+def test_log_softmax_integrated_gradients_match_captum_and_completeness():
+    from captum.attr import IntegratedGradients
+
+    torch.manual_seed(0)
+    U, W, _, _ = _planted(n_images=4, per_image=3)
+    head = nn.Sequential(nn.Linear(W.shape[1], 16), nn.Tanh(), nn.Linear(16, 5))
+    Ut, Wt = torch.tensor(U, dtype=torch.float32), torch.tensor(W, dtype=torch.float32)
+    attr = rsvc.concept_attributions(U, W, head, target=2, n_steps=30, score="log_softmax")
+    oracle = IntegratedGradients(lambda u: torch.log_softmax(head(u @ Wt), -1)).attribute(
+        Ut, baselines=0.0, target=2, n_steps=30)
+    np.testing.assert_allclose(attr, oracle.detach().double().numpy(), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        gap = torch.log_softmax(head(Ut @ Wt), -1)[:, 2] - torch.log_softmax(head(torch.zeros(1, W.shape[1])), -1)[:, 2]
+    np.testing.assert_allclose(attr.sum(1), gap.double().numpy(), rtol=0.01, atol=1e-4)
+    logit = rsvc.concept_attributions(U, W, head, target=2, n_steps=30)
+    assert not np.allclose(attr, logit, atol=1e-3)     # the two scores give different attributions
+    res = rsvc.compare_class(U @ W, U @ W, np.repeat(np.arange(4), 3), n_concepts=W.shape[0], head=head, target=2,
+                             n_resamples=20, importance_score="log_softmax")
+    np.testing.assert_allclose(res.importance, rsvc.concept_attributions(
+        res.coefficients, res.concepts.W, head, 2, 30, "log_softmax").mean(0))
+    with pytest.raises(ValueError, match="score"):
+        rsvc.concept_attributions(U, W, head, target=2, score="softmax")

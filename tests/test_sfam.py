@@ -165,6 +165,27 @@ def test_cascading_randomisation_from_the_top():
         sfam.randomise(model, 10)
 
 
+def test_cascading_randomisation_from_the_bottom_mirrors_the_top():
+    torch.manual_seed(0)
+    model = build_tiny_resnet("tiny-resnet18", 2, base_width=4).eval()
+    top = [name for name, _ in sfam.randomisation_stages(model)]
+    up = [name for name, _ in sfam.randomisation_stages(model, order="bottom-up")]
+    assert up == top[::-1] and up[:3] == ["conv1", "layer1.0", "layer1.1"]      # seed 004: stem first
+    one = sfam.randomise(model, 1, order="bottom-up")
+    changed = {k for k, v in one.state_dict().items() if not torch.equal(v, model.state_dict()[k])}
+    assert changed and all(k.startswith(("conv1.", "bn1.")) for k in changed)
+    # a block gets the same seed in both orders: the fully random networks are identical,
+    # and the stem randomised first (bottom-up) equals the stem randomised last (top-down)
+    full_up, full_top = sfam.randomise(model, 9, seed=4, order="bottom-up"), sfam.randomise(model, 9, seed=4)
+    assert all(torch.equal(v, full_top.state_dict()[k]) for k, v in full_up.state_dict().items())
+    assert torch.equal(sfam.randomise(model, 1, seed=4, order="bottom-up").conv1.weight, full_top.conv1.weight)
+    assert not torch.equal(sfam.randomise(model, 1, seed=5, order="bottom-up").conv1.weight, full_top.conv1.weight)
+    with pytest.raises(ValueError, match="order"):
+        sfam.randomisation_stages(model, order="sideways")
+    with pytest.raises(ValueError, match="order"):
+        sfam.randomise(model, 1, order="sideways")
+
+
 def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="same shape"):
         sfam.cis(torch.ones(3), torch.ones(4))
