@@ -6,8 +6,8 @@ lower ones, without a circle; ``tests/test_layers.py`` checks it):
 1. ``profiles`` (scale settings, each chapter's sizes), ``cache`` (content-addressed disk cache: the
    one hasher and atomic writer), ``stats`` (bootstrap draws, percentile intervals, paired
    differences), ``devices`` (device and memory format), ``provenance`` (commit, versions, machine,
-   stage timings), and the leaves ``plotting``, ``report`` (glued numbers, recorded claims) and ``book``
-   (papermill + jupyter-book runner);
+   stage timings), and the leaves ``plotting``, ``report`` (glued numbers, claims recorded per
+   regime, the summary's verdict matrix) and ``book`` (papermill + jupyter-book runner);
 2. ``data`` (controlled benchmark with its class names and normalisation, diffusion images, image
    folders), ``nets`` (what a model is: ResNet layout, tiny ResNets, ``ModelInfo``, input
    preparation);

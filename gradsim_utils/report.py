@@ -1,19 +1,24 @@
-"""Numbers from executed cells into the book's text (myst-nb glue), never typed by hand."""
+"""Numbers from executed cells into the book's text (myst-nb glue), never typed by hand; each chapter's
+claims recorded per regime, and the summary's verdict matrix built from those records."""
 from __future__ import annotations
 
 import json
+import math
 import numbers
 import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from myst_nb import glue as _myst_glue
 
 from .cache import atomic_write
 
-__all__ = ["glue", "as_builtin", "record_claim", "load_claims", "claims_for_profile", "claims_markdown_table",
-           "VERDICTS"]
+__all__ = ["glue", "as_builtin", "glue_name", "record_claim", "load_claims", "claims_for_profile",
+           "regimes_recorded", "claims_by_id", "depends_on_setting", "verdict_counts", "counts_text",
+           "missing_regimes_text", "claim_cell", "claims_markdown_table", "VERDICTS", "UNTESTED", "REGIMES",
+           "DEFAULT_REGIME", "DEPENDS", "DASH"]
 
 
 def as_builtin(value):
@@ -34,36 +39,61 @@ def glue(name: str, value, display: bool = False):
     return _myst_glue(name, as_builtin(value), display=display)
 
 
-VERDICTS = ("reproduced", "not reproduced", "explained by an artifact", "not testable offline")
+UNTESTED = "not testable offline"
+VERDICTS = ("reproduced", "not reproduced", "explained by an artifact", UNTESTED)
+#: The settings a claim is judged in (DESIGN.md section 5a), in the summary's column order: tiny
+#: ResNets trained here on the 32 px benchmark; EfficientNet-Lite0/1/2 with ImageNet weights, frozen,
+#: on the benchmark at 224/240/260 px; the seeds' own setting, run by the ``paper`` profile.
+REGIMES = {
+    "tiny": "tiny ResNets trained here",
+    "lite": "pretrained EfficientNet-Lite family",
+    "paper": "ImageNet ResNets on Stable Diffusion images",
+}
+DEFAULT_REGIME = "tiny"
+DEPENDS = "depends on the setting"
+DASH = "\u2014"
 RESULTS_DIR = "_results"
+
+
+def glue_name(claim_id: str, regime: str = DEFAULT_REGIME) -> str:
+    """The glue key of a claim's number: ``claim_id`` in the default regime, ``<claim_id>__<regime>``
+    in another (claim ids never hold ``__``, so the keys cannot collide)."""
+    return claim_id if regime == DEFAULT_REGIME else f"{claim_id}__{regime}"
 
 
 def record_claim(claim_id: str, *, chapter: str, source: str, claim: str, source_value: str, ours,
                  verdict: str, fmt: str = ".3f", ci: tuple[float, float] | None = None,
-                 evidence: str = "", results_dir: str | Path = RESULTS_DIR) -> dict:
-    """One claim of a source paper (``source``: the seed, e.g. "004"), our number for it and the verdict,
-    for the book's summary page.
+                 evidence: str = "", regime: str = DEFAULT_REGIME, quantity: str = "",
+                 results_dir: str | Path = RESULTS_DIR) -> dict:
+    """One claim of a source paper (``source``: the seed, e.g. "004"), our number for it in one
+    ``regime`` (a key of ``REGIMES``) and the verdict, for the book's summary page.
 
-    ``ours`` is glued under ``claim_id`` (so the summary page can show it by cross-notebook glue,
-    ``{glue:text}`<chapter>.ipynb::<claim_id>```) and the record is merged into
-    ``<results_dir>/<chapter>.json`` (relative to the executing notebook, i.e. ``book/_results``).
-    ``source_value`` is the paper's number quoted as text; ``verdict`` must be one of ``VERDICTS``
-    and must be computed by the chapter from its numbers, never typed as a constant outcome.
+    ``ours`` is glued under ``glue_name(claim_id, regime)`` (so the summary page can show it by
+    cross-notebook glue, ``{glue:text}`<chapter>.ipynb::<name>```) and the record is merged into
+    ``<results_dir>/<chapter>.json`` (relative to the executing notebook, i.e. ``book/_results``),
+    keyed by claim id and regime: a rerun replaces that pair's record and keeps the other regimes'.
+    ``source_value`` is the paper's number quoted as text; ``quantity`` names what ``ours`` measures
+    with its unit ("SFAM minus best baseline, accuracy points"; ``evidence`` when left empty);
+    ``verdict`` must be one of ``VERDICTS`` and must be computed by the chapter from its numbers,
+    never typed as a constant outcome.
     """
     if verdict not in VERDICTS:
         raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
-    if not re.fullmatch(r"[A-Za-z0-9_\-]+", claim_id):
-        raise ValueError(f"claim_id must be letters, digits, '_' or '-', got {claim_id!r}")
+    if regime not in REGIMES:
+        raise ValueError(f"regime must be one of {tuple(REGIMES)}, got {regime!r}")
+    if not re.fullmatch(r"[A-Za-z0-9\-]+(_[A-Za-z0-9\-]+)*", claim_id):
+        raise ValueError(f"claim_id must be letters, digits, '-' or single inner '_', got {claim_id!r}")
     ours = as_builtin(ours)
     record = {
-        "claim_id": claim_id, "chapter": chapter, "source": source, "claim": claim,
+        "claim_id": claim_id, "regime": regime, "chapter": chapter, "source": source, "claim": claim,
         "source_value": str(source_value), "ours": ours, "fmt": fmt, "verdict": verdict,
-        "ci": None if ci is None else [as_builtin(ci[0]), as_builtin(ci[1])], "evidence": evidence,
+        "ci": None if ci is None else [as_builtin(ci[0]), as_builtin(ci[1])],
+        "quantity": quantity or evidence, "evidence": evidence,
     }
-    glue(claim_id, ours)
+    glue(glue_name(claim_id, regime), ours)
     path = Path(results_dir) / f"{chapter}.json"
     records = json.loads(path.read_text()) if path.exists() else {}
-    records[claim_id] = record
+    records[f"{claim_id}@{regime}"] = record
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(records, indent=1)))
     return record
 
@@ -96,17 +126,106 @@ def _executed_profile(notebook: Path) -> str | None:
     return metadata.get("papermill", {}).get("parameters", {}).get("profile")
 
 
-def claims_markdown_table(claims: list[dict]) -> str:
-    """A MyST Markdown table of claims; our value is a cross-notebook glue reference to its chapter."""
-    lines = ["| seed | chapter | claim | seed's number | ours [95 % CI] | verdict |",
-             "| --- | --- | --- | --- | --- | --- |"]
+def regimes_recorded(claims: list[dict]) -> list[str]:
+    """The regimes with at least one record, in ``REGIMES`` order."""
+    present = {c["regime"] for c in claims}
+    return [r for r in REGIMES if r in present]
+
+
+def claims_by_id(claims: list[dict]) -> dict[str, dict[str, dict]]:
+    """``{claim_id: {regime: record}}``, claims in first-recorded order."""
+    rows: dict[str, dict[str, dict]] = {}
     for c in claims:
-        if isinstance(c["ours"], (int, float)) and not isinstance(c["ours"], bool):
-            ours = f"{{glue:text}}`{c['chapter']}.ipynb::{c['claim_id']}:{c['fmt']}`"
-            if c.get("ci"):
-                ours += f" [{c['ci'][0]:{c['fmt']}}, {c['ci'][1]:{c['fmt']}}]"
-        else:
-            ours = f"{{glue:text}}`{c['chapter']}.ipynb::{c['claim_id']}`"
-        cells = [c["source"], f"{{doc}}`{c['chapter']}`", c["claim"], c["source_value"], ours, f"**{c['verdict']}**"]
-        lines.append("| " + " | ".join(str(cell).replace("|", "\\|").replace("\n", " ") for cell in cells) + " |")
+        rows.setdefault(c["claim_id"], {})[c["regime"]] = c
+    return rows
+
+
+def depends_on_setting(records: dict[str, dict]) -> bool:
+    """Whether the regimes that could test a claim (verdict other than ``UNTESTED``) disagree."""
+    return len({r["verdict"] for r in records.values() if r["verdict"] != UNTESTED}) > 1
+
+
+def verdict_counts(claims: list[dict], per_chapter: bool = False) -> pd.DataFrame:
+    """Claims per verdict (columns, ``VERDICTS`` order) in each recorded regime (rows, ``REGIMES``
+    order), or with ``per_chapter`` in each chapter and regime (rows "<chapter> · <regime>")."""
+    order = {r: i for i, r in enumerate(regimes_recorded(claims))}
+
+    def label(c: dict) -> str:
+        return f"{c['chapter']} \u00b7 {c['regime']}" if per_chapter else c["regime"]
+
+    ordered = sorted(claims, key=lambda c: (c["chapter"] if per_chapter else "", order[c["regime"]]))
+    labels = list(dict.fromkeys(label(c) for c in ordered))
+    table = pd.DataFrame(0, index=pd.Index(labels, name="regime"), columns=pd.Index(VERDICTS, name="verdict"))
+    for c in claims:
+        table.loc[label(c), c["verdict"]] += 1
+    return table
+
+
+def counts_text(claims: list[dict]) -> str:
+    """The verdict counts of each recorded regime as one plain sentence, for the summary's opening."""
+    parts = []
+    for regime, row in verdict_counts(claims).iterrows():
+        counts = ", ".join(f"{int(n)} {verdict}" for verdict, n in row.items() if n)
+        parts.append(f"{REGIMES[regime]}: {counts} (of {int(row.sum())})")
+    return "; ".join(parts)
+
+
+def missing_regimes_text(claims: list[dict]) -> str:
+    """Which regimes have no column in the summary, as one plain sentence."""
+    missing = [r for r in REGIMES if r not in regimes_recorded(claims)]
+    if not missing:
+        return "every regime has run, so each has a column"
+    names = " or ".join(f"'{r}' ({REGIMES[r]})" for r in missing)
+    return f"no column for {names}, which {'has' if len(missing) == 1 else 'have'} not run"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def claim_cell(record: dict | None) -> str:
+    """One regime's cell of the summary: the verdict, then the measured quantity with our value (a
+    cross-notebook glue reference) and its interval; a dash where the regime has no record or no number."""
+    if record is None:
+        return DASH
+    verdict = f"**{record['verdict']}**"
+    ours = record["ours"]
+    if record["verdict"] == UNTESTED or (_is_number(ours) and not math.isfinite(ours)):
+        return f"{DASH} ({verdict})"
+    key = f"{record['chapter']}.ipynb::{glue_name(record['claim_id'], record['regime'])}"
+    if _is_number(ours):
+        value = f"{{glue:text}}`{key}:{record['fmt']}`"
+        if record.get("ci") and all(map(math.isfinite, record["ci"])):
+            value += f" [{record['ci'][0]:{record['fmt']}}, {record['ci'][1]:{record['fmt']}}]"
+    else:
+        value = f"{{glue:text}}`{key}`"
+    quantity = _markdown_text(record.get("quantity") or record["evidence"])
+    return f"{verdict} \u00b7 {quantity}: {value}" if quantity else f"{verdict} \u00b7 {value}"
+
+
+def _markdown_text(text: str) -> str:
+    """Free text safe inside a Markdown table cell: no column break, no emphasis, no line break."""
+    return str(text).replace("|", "\\|").replace("*", "\\*").replace("\n", " ")
+
+
+def _chapter_link(chapter: str) -> str:
+    number = re.match(r"\d+", chapter)
+    label = f"ch. {int(number.group())}" if number else chapter
+    return f"{{doc}}`{label} <{chapter}>`"
+
+
+def claims_markdown_table(claims: list[dict]) -> str:
+    """The verdict matrix as a MyST Markdown table: one row per claim (its seed, chapter, text and the
+    seed's number), one column per recorded regime (``claim_cell``), and the claims whose verdicts
+    differ between regimes marked ``DEPENDS``."""
+    regimes = regimes_recorded(claims)
+    lines = ["| claim (seed, chapter) | seed's number | " + " | ".join(REGIMES[r] for r in regimes) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in regimes) + " |"]
+    for records in claims_by_id(claims).values():
+        first = next(iter(records.values()))
+        claim = f"{_markdown_text(first['claim'])} (seed {first['source']}, {_chapter_link(first['chapter'])})"
+        if depends_on_setting(records):
+            claim += f" \u00b7 ***{DEPENDS}***"
+        cells = [claim, _markdown_text(first["source_value"])] + [claim_cell(records.get(r)) for r in regimes]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -37,3 +37,107 @@ def test_record_claim_merges_records_and_rejects_untyped_verdicts(tmp_path):
         record_claim("c", ours=1.0, verdict="sort of", **kwargs)
     with pytest.raises(ValueError, match="claim_id"):
         record_claim("bad id", ours=1.0, verdict="reproduced", **kwargs)
+
+
+def _write_results(folder, records):
+    """Hand-made results files: ``records`` as written by record_claim, grouped by chapter."""
+    import json
+
+    by_chapter = {}
+    for r in records:
+        by_chapter.setdefault(r["chapter"], {})[f"{r['claim_id']}@{r['regime']}"] = r
+    for chapter, content in by_chapter.items():
+        (folder / f"{chapter}.json").write_text(json.dumps(content))
+
+
+def _record(claim_id, regime, verdict, ours=0.5, chapter="03_x", ci=None, fmt=".3f", quantity="q"):
+    return dict(claim_id=claim_id, regime=regime, chapter=chapter, source="000", claim=f"claim {claim_id}",
+                source_value="0.9", ours=ours, fmt=fmt, verdict=verdict, ci=ci, quantity=quantity, evidence="e")
+
+
+def _table_rows(table):
+    """Body rows of a Markdown table as lists of cell texts."""
+    return [[cell.strip() for cell in line.strip("|").split(" | ")] for line in table.splitlines()[2:]]
+
+
+def test_record_claim_keeps_each_regime_and_replaces_only_its_own(tmp_path):
+    from gradsim_utils.report import load_claims, record_claim
+
+    kwargs = dict(chapter="03_x", source="000", claim="GW > P", source_value="0.9", results_dir=tmp_path)
+    record_claim("a", ours=0.1, verdict="reproduced", **kwargs)                        # default regime
+    record_claim("a", ours=0.2, verdict="not reproduced", regime="lite", **kwargs)
+    record_claim("a", ours=0.3, verdict="reproduced", regime="tiny", **kwargs)         # rerun of tiny only
+    claims = load_claims(tmp_path)
+    assert [(c["regime"], c["ours"]) for c in claims] == [("tiny", 0.3), ("lite", 0.2)]
+    with pytest.raises(ValueError, match="regime"):
+        record_claim("a", ours=0.1, verdict="reproduced", regime="imagenet", **kwargs)
+    with pytest.raises(ValueError, match="claim_id"):                                   # would collide with a__lite
+        record_claim("a__lite", ours=0.1, verdict="reproduced", **kwargs)
+
+
+def test_record_claim_quantity_falls_back_to_evidence(tmp_path):
+    from gradsim_utils.report import record_claim
+
+    kwargs = dict(chapter="03_x", source="000", claim="c", source_value="1", ours=1.0, verdict="reproduced",
+                  evidence="how it was measured", results_dir=tmp_path)
+    assert record_claim("a", **kwargs)["quantity"] == "how it was measured"
+    assert record_claim("a", quantity="share of models", **kwargs)["quantity"] == "share of models"
+
+
+def test_matrix_shows_both_regimes_and_a_dash_where_one_did_not_record(tmp_path):
+    from gradsim_utils.report import DASH, REGIMES, claims_markdown_table, load_claims
+
+    _write_results(tmp_path, [_record("a", "tiny", "reproduced", ours=0.11),
+                              _record("a", "lite", "reproduced", ours=0.22, chapter="03_x"),
+                              _record("b", "tiny", "not reproduced", chapter="05_y")])
+    table = claims_markdown_table(load_claims(tmp_path))
+    header = table.splitlines()[0]
+    assert REGIMES["tiny"] in header and REGIMES["lite"] in header and REGIMES["paper"] not in header
+    assert header.index(REGIMES["tiny"]) < header.index(REGIMES["lite"])
+    (a_claim, _, a_tiny, a_lite), (b_claim, _, b_tiny, b_lite) = _table_rows(table)
+    assert "03_x.ipynb::a:.3f" in a_tiny and "03_x.ipynb::a__lite:.3f" in a_lite       # each regime's own number
+    assert "**reproduced**" in a_tiny and "**not reproduced**" in b_tiny
+    assert b_lite == DASH and "{doc}`ch. 5 <05_y>`" in b_claim
+    assert "nan" not in table
+
+
+def test_depends_on_the_setting_marks_exactly_the_claims_whose_verdicts_differ(tmp_path):
+    from gradsim_utils.report import DEPENDS, claims_markdown_table, load_claims
+
+    _write_results(tmp_path, [_record("same", "tiny", "reproduced"), _record("same", "lite", "reproduced"),
+                              _record("differ", "tiny", "not reproduced"), _record("differ", "lite", "reproduced"),
+                              _record("one", "lite", "explained by an artifact"),
+                              _record("untested", "tiny", "not testable offline", ours=float("nan")),
+                              _record("untested", "lite", "reproduced")])
+    rows = {row[0].split(" (seed")[0]: row for row in _table_rows(claims_markdown_table(load_claims(tmp_path)))}
+    assert [name for name, row in rows.items() if DEPENDS in row[0]] == ["claim differ"]
+    assert rows["claim untested"][2].startswith("\u2014") and "nan" not in rows["claim untested"][2]
+
+
+def test_claim_cell_names_the_quantity_with_its_format_and_interval():
+    from gradsim_utils.report import claim_cell
+
+    cell = claim_cell(_record("gap", "lite", "not reproduced", ours=-50.46, ci=(-55.12, -46.04), fmt=".1f",
+                              chapter="08_sfam", quantity="SFAM minus best baseline, accuracy points"))
+    assert cell == ("**not reproduced** \u00b7 SFAM minus best baseline, accuracy points: "
+                    "{glue:text}`08_sfam.ipynb::gap__lite:.1f` [-55.1, -46.0]")
+    assert claim_cell(_record("s", "tiny", "reproduced", quantity="a*b | c", fmt=".2f")).endswith(
+        "a\\*b \\| c: {glue:text}`03_x.ipynb::s:.2f`")                                      # no CI, text escaped
+    assert "nan" not in claim_cell(_record("s", "tiny", "reproduced", ci=(float("nan"), float("nan"))))
+
+
+def test_counts_per_regime_and_missing_regimes(tmp_path):
+    from gradsim_utils.report import counts_text, missing_regimes_text, verdict_counts
+
+    claims = [_record("a", "lite", "reproduced"), _record("a", "tiny", "reproduced"),
+              _record("b", "tiny", "not reproduced", chapter="02_w"), _record("c", "tiny", "reproduced")]
+    counts = verdict_counts(claims)
+    assert list(counts.index) == ["tiny", "lite"]
+    assert counts.loc["tiny"].tolist() == [2, 1, 0, 0] and counts.loc["lite"].tolist() == [1, 0, 0, 0]
+    per_chapter = verdict_counts(claims, per_chapter=True)
+    assert list(per_chapter.index) == ["02_w \u00b7 tiny", "03_x \u00b7 tiny", "03_x \u00b7 lite"]
+    assert per_chapter.to_numpy().sum() == len(claims)
+    assert counts_text(claims) == ("tiny ResNets trained here: 2 reproduced, 1 not reproduced (of 3); "
+                                   "pretrained EfficientNet-Lite family: 1 reproduced (of 1)")
+    assert missing_regimes_text(claims).endswith("'paper' (ImageNet ResNets on Stable Diffusion images), which has not run")
+    assert "every regime" in missing_regimes_text(claims + [_record("a", "paper", "reproduced")])
