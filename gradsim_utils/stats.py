@@ -7,6 +7,8 @@ that resample) left out. Here are the pieces every method module uses:
 * ``image_bootstrap_counts``: the stratified resampling of images (how often each image is drawn);
 * ``percentile_bounds`` / ``percentile_interval``: the interval of given replicates;
 * ``paired_difference``: the interval of a difference of two statistics on the same resamples;
+* ``runner_up_gap``: the interval of an argmax verdict ("model m scores highest"), as the gap to the
+  best of the others on each resample;
 * ``bootstrap_ci`` / ``mean_ci``: thin wrappers over ``scipy.stats.bootstrap`` (95 %, percentile
   method, a fixed seed, vectorised resampling) for a statistic of independent samples.
 """
@@ -19,7 +21,7 @@ import numpy as np
 from scipy import stats as _scipy_stats
 
 __all__ = ["Estimate", "image_bootstrap_counts", "percentile_bounds", "percentile_interval",
-           "paired_difference", "bootstrap_ci", "mean_ci"]
+           "paired_difference", "runner_up_gap", "bootstrap_ci", "mean_ci"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,27 @@ def paired_difference(value_a, replicates_a, value_b, replicates_b, level: float
         raise ValueError(f"the two statistics have different replicates: {replicates_a.shape} vs "
                          f"{replicates_b.shape}; a paired difference needs the same resamples")
     return percentile_interval(value_a - value_b, replicates_a - replicates_b, level)
+
+
+def runner_up_gap(values: dict, replicates: dict, name, larger_is_better: bool = True,
+                  level: float = 0.95) -> Estimate:
+    """How far ``name`` leads the best of the others: theta_name - max_{m != name} theta_m (with
+    ``larger_is_better=False``: min_{m != name} theta_m - theta_name), with the percentile interval of
+    the same gap on each resample. ``values`` maps each candidate to its statistic, ``replicates`` to
+    its bootstrap replicates on shared resamples (same length for all); a positive interval says
+    ``name`` is best on (nearly) every resample, not only on the one sample drawn."""
+    if name not in values or len(values) < 2:
+        raise ValueError(f"name must be one of at least two candidates, got {name!r} among {list(values)}")
+    if set(values) != set(replicates):
+        raise ValueError(f"values and replicates name different candidates: {sorted(values)} vs {sorted(replicates)}")
+    sign = 1.0 if larger_is_better else -1.0
+    others = [m for m in values if m != name]
+    reps = {m: sign * np.asarray(replicates[m], dtype=np.float64) for m in values}
+    if len({r.shape for r in reps.values()}) != 1:
+        raise ValueError("every candidate needs replicates on the same resamples (equal shapes)")
+    value = sign * float(values[name]) - max(sign * float(values[m]) for m in others)
+    gaps = reps[name] - np.max([reps[m] for m in others], axis=0)
+    return percentile_interval(value, gaps, level)
 
 
 def bootstrap_ci(samples, statistic: Callable = np.mean, *, n_resamples: int = 1000,

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from gradsim_utils.stats import (bootstrap_ci, image_bootstrap_counts, mean_ci, paired_difference, percentile_bounds,
+from gradsim_utils.stats import (bootstrap_ci, runner_up_gap, image_bootstrap_counts, mean_ci, paired_difference, percentile_bounds,
                                  percentile_interval)
 
 
@@ -93,3 +93,26 @@ def test_paired_difference_needs_the_same_resamples():
     assert paired_difference(1.0, a, 1.0, a).high == 0
     with pytest.raises(ValueError, match="same resamples"):
         paired_difference(1.0, a, 1.0, a[:5])
+
+
+def test_runner_up_gap_against_a_hand_loop():
+    rng = np.random.default_rng(3)
+    values = {"a": 0.6, "b": 0.5, "c": 0.55}
+    reps = {m: v + rng.normal(0, 0.05, 400) for m, v in values.items()}
+    gap = runner_up_gap(values, reps, "a")
+    per_resample = [reps["a"][r] - max(reps["b"][r], reps["c"][r]) for r in range(400)]
+    assert gap.value == pytest.approx(0.05)
+    assert (gap.low, gap.high) == pytest.approx(tuple(np.quantile(per_resample, [0.025, 0.975])))
+    # smaller is better: "b" leads by min(a, c) - b = 0.05
+    low_gap = runner_up_gap(values, reps, "b", larger_is_better=False)
+    assert low_gap.value == pytest.approx(0.05)
+    assert runner_up_gap(values, reps, "b").value == pytest.approx(-0.1)
+
+
+def test_runner_up_gap_needs_shared_candidates():
+    with pytest.raises(ValueError, match="name must be one of"):
+        runner_up_gap({"a": 1.0}, {"a": np.zeros(3)}, "a")
+    with pytest.raises(ValueError, match="different candidates"):
+        runner_up_gap({"a": 1.0, "b": 0.0}, {"a": np.zeros(3), "c": np.zeros(3)}, "a")
+    with pytest.raises(ValueError, match="same resamples"):
+        runner_up_gap({"a": 1.0, "b": 0.0}, {"a": np.zeros(3), "b": np.zeros(4)}, "a")
