@@ -15,7 +15,7 @@ from myst_nb import glue as _myst_glue
 
 from .cache import atomic_write
 
-__all__ = ["glue", "as_builtin", "glue_name", "record_claim", "load_claims", "claims_for_profile",
+__all__ = ["glue", "as_builtin", "value_range", "glue_name", "record_claim", "load_claims", "claims_for_profile",
            "regimes_recorded", "claims_by_id", "depends_on_setting", "verdict_counts", "counts_text",
            "missing_regimes_text", "claim_cell", "claims_markdown_table", "VERDICTS", "UNTESTED", "REGIMES",
            "DEFAULT_REGIME", "DEPENDS", "DASH"]
@@ -32,6 +32,14 @@ def as_builtin(value):
     if isinstance(value, bool) or not isinstance(value, numbers.Number):
         return value
     return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+
+def value_range(values, fmt: str = ".3f") -> str:
+    """``"low-high"`` of ``values`` in ``fmt``: how a quoted seed table's spread over models is cited."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("values must not be empty")
+    return f"{min(values):{fmt}}-{max(values):{fmt}}"
 
 
 def glue(name: str, value, display: bool = False):

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from gradsim_utils import report
 from gradsim_utils.report import as_builtin
 
 
@@ -141,3 +142,10 @@ def test_counts_per_regime_and_missing_regimes(tmp_path):
                                    "pretrained EfficientNet-Lite family: 1 reproduced (of 1)")
     assert missing_regimes_text(claims).endswith("'paper' (ImageNet ResNets on Stable Diffusion images), which has not run")
     assert "every regime" in missing_regimes_text(claims + [_record("a", "paper", "reproduced")])
+
+
+def test_value_range_cites_a_quoted_spread():
+    assert report.value_range([0.832475, 0.970702, 0.891979]) == "0.832-0.971"
+    assert report.value_range([0.547336], ".4f") == "0.5473-0.5473"
+    with pytest.raises(ValueError, match="values"):
+        report.value_range([])
