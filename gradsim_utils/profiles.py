@@ -15,6 +15,7 @@ __all__ = ["Profile", "PROFILES", "get_profile", "chapter_settings"]
 
 TINY_MODELS = tuple(f"tiny-resnet{d}" for d in (18, 34, 50, 101, 152))
 TORCHVISION_MODELS = tuple(f"resnet{d}" for d in (18, 34, 50, 101, 152))
+LITE_MODEL_NAMES = tuple(f"efficientnet-lite{i}" for i in range(3))
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,8 @@ class Profile:
 
     data: "benchmark" (controlled, offline), "diffusion" (Stable Diffusion images) or
     "diffusion-dryrun" (a tiny random diffusers pipeline). weights: torchvision weights name for
-    the ImageNet models, or None for random weights. extra: per-chapter settings,
+    the ImageNet models, or None for random weights. regime: the key of ``report.REGIMES`` that the
+    profile's own models and data form ("tiny" or "paper"). extra: per-chapter settings,
     ``{chapter: {setting: value}}`` (see :func:`chapter_settings`); left out of the hash.
     """
 
@@ -39,6 +41,7 @@ class Profile:
     weights: str | None = None
     diffusion_model: str | None = None
     diffusion_steps: int = 30
+    regime: str = "tiny"
     extra: dict = field(default_factory=dict, hash=False)
 
 
@@ -55,6 +58,10 @@ _ALIGNMENT_SMOKE = dict(image_size=32, n_train_per_class=8, n_analysis_per_class
 _ALIGNMENT_QUICK = dict(image_size=32, n_train_per_class=150, n_analysis_per_class=50, epochs=2, n_seeds=3,
                         configs=(("cosine", 0.0), ("cosine", 0.1), ("cosine", 1.0), ("euclidean", 1.0)),
                         n_curvature_images=20, power_iterations=8)
+# The second offline regime ("lite", DESIGN.md section 5a): the pretrained EfficientNet-Lite models,
+# frozen, on n_analysis_per_class benchmark images per class rendered at each model's input size.
+_LITE_QUICK = dict(models=LITE_MODEL_NAMES, n_analysis_per_class=20)
+_LITE_SMOKE = dict(models=LITE_MODEL_NAMES[:1], n_analysis_per_class=4)
 # Chapter 7 ("rsvc") trains its marker pair on the benchmark too (marker_train / marker_analysis images
 # per class, marker_epochs); its depth comparison analyses `classes` classes, the layer-wise heatmap
 # `layer_classes`.
@@ -66,6 +73,7 @@ PROFILES: dict[str, Profile] = {
         extra={"sfam": {**_SFAM, "backbones": _TINY_METRIC, "image_size": 32, "base_width": 8,
                         "n_train_per_class": 20, "train_steps": 3, "train_shot": 2, "train_query": 2,
                         "n_eval_per_class": 8, "n_episodes": 100, "n_loc_episodes": 60, "n_sanity_pairs": 8},
+               "lite": _LITE_SMOKE,
                "rsvc": dict(marker_train=40, marker_analysis=6, marker_epochs=1, classes=2, layer_classes=2),
                "alignment": _ALIGNMENT_SMOKE},
     ),
@@ -75,6 +83,7 @@ PROFILES: dict[str, Profile] = {
         extra={"sfam": {**_SFAM, "backbones": _TINY_METRIC, "image_size": 64, "base_width": 8,
                         "n_train_per_class": 300, "train_steps": 120, "n_eval_per_class": 80,
                         "n_episodes": 1000, "n_loc_episodes": 1000, "n_sanity_pairs": 48},
+               "lite": _LITE_QUICK,
                "rsvc": dict(marker_train=300, marker_analysis=50, marker_epochs=3, classes=5, layer_classes=3),
                "alignment": _ALIGNMENT_QUICK},
     ),
@@ -82,8 +91,9 @@ PROFILES: dict[str, Profile] = {
         name="paper", data="diffusion", models=TORCHVISION_MODELS,
         image_size=224, n_train_per_class=0, n_analysis_per_class=100,
         weights="IMAGENET1K_V1", diffusion_model="stable-diffusion-v1-5/stable-diffusion-v1-5",
-        diffusion_steps=30,
-        extra={"sfam": {**_SFAM, "backbones": _TORCHVISION_METRIC, "image_size": 224, "weights": "IMAGENET1K_V1",
+        diffusion_steps=30, regime="paper",
+        extra={"lite": _LITE_QUICK,
+               "sfam": {**_SFAM, "backbones": _TORCHVISION_METRIC, "image_size": 224, "weights": "IMAGENET1K_V1",
                         "train_steps": 2000, "train_way": 20, "train_shot": 5, "train_query": 10, "lr": 1e-3,
                         "n_eval_per_class": 60, "n_episodes": 2000, "n_loc_episodes": 10000,
                         "n_sanity_pairs": 100, "batch_size": 64},
@@ -93,8 +103,9 @@ PROFILES: dict[str, Profile] = {
     "paper-dryrun": Profile(
         name="paper-dryrun", data="diffusion-dryrun", models=TORCHVISION_MODELS,
         image_size=224, n_train_per_class=0, n_analysis_per_class=2,
-        weights=None, diffusion_model=None, diffusion_steps=2,
-        extra={"sfam": {**_SFAM, "backbones": _TORCHVISION_METRIC, "image_size": 224, "weights": None,
+        weights=None, diffusion_model=None, diffusion_steps=2, regime="paper",
+        extra={"lite": _LITE_SMOKE,
+               "sfam": {**_SFAM, "backbones": _TORCHVISION_METRIC, "image_size": 224, "weights": None,
                         "train_steps": 0, "n_eval_per_class": 7, "n_episodes": 20, "n_loc_episodes": 10,
                         "n_sanity_pairs": 3, "n_sanity_stages": 3, "batch_size": 32},
                "rsvc": dict(marker_train=40, marker_analysis=6, marker_epochs=1, classes=3, layer_classes=2),

@@ -16,7 +16,7 @@ from myst_nb import glue as _myst_glue
 from .cache import atomic_write
 
 __all__ = ["glue", "as_builtin", "value_range", "glue_name", "record_claim", "load_claims", "claims_for_profile",
-           "regimes_recorded", "claims_by_id", "depends_on_setting", "verdict_counts", "counts_text",
+           "regimes_recorded", "claims_by_id", "depends_on_setting", "regime_comparison", "agreement_text", "verdict_counts", "counts_text",
            "missing_regimes_text", "claim_cell", "claims_markdown_table", "VERDICTS", "UNTESTED", "REGIMES",
            "DEFAULT_REGIME", "DEPENDS", "DASH"]
 
@@ -151,6 +151,39 @@ def claims_by_id(claims: list[dict]) -> dict[str, dict[str, dict]]:
 def depends_on_setting(records: dict[str, dict]) -> bool:
     """Whether the regimes that could test a claim (verdict other than ``UNTESTED``) disagree."""
     return len({r["verdict"] for r in records.values() if r["verdict"] != UNTESTED}) > 1
+
+
+def regime_comparison(claims: list[dict]) -> pd.DataFrame:
+    """A chapter's claims side by side: one row per claim, per recorded regime its number
+    (formatted with the claim's ``fmt``) and verdict, and whether the regimes agree (``depends_on_setting``)."""
+    regimes = regimes_recorded(claims)
+    rows = []
+    for claim_id, records in claims_by_id(claims).items():
+        row = {"claim": claim_id}
+        for r in regimes:
+            record = records.get(r)
+            ours = record and record["ours"]
+            shown = record is not None and _is_number(ours) and math.isfinite(ours)
+            row[f"{r}: ours"] = f"{ours:{record['fmt']}}" if shown else DASH
+            row[f"{r}: verdict"] = record["verdict"] if record else DASH
+        row["regimes agree"] = not depends_on_setting(records) if len(records) > 1 else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def agreement_text(claims: list[dict]) -> str:
+    """How a chapter's verdicts compare across regimes, as one plain sentence: how many of the
+    claims judged in more than one regime agree, and each one that does not with its verdicts."""
+    compared = {cid: records for cid, records in claims_by_id(claims).items() if len(records) > 1}
+    if not compared:
+        return "no claim of this chapter was judged in more than one regime"
+    differ = []
+    for cid, records in compared.items():
+        if depends_on_setting(records):
+            verdicts = ", ".join(f"{r}: {records[r]['verdict']}" for r in REGIMES if r in records)
+            differ.append(f"{cid} ({verdicts})")
+    text = f"the regimes agree on {len(compared) - len(differ)} of {len(compared)} claims"
+    return text + (f"; they differ on {'; '.join(differ)}" if differ else "")
 
 
 def verdict_counts(claims: list[dict], per_chapter: bool = False) -> pd.DataFrame:

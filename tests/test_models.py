@@ -1,4 +1,5 @@
 """Models: loading and caching, weights offline, class names to model outputs."""
+import dataclasses
 import socket
 import sys
 import time
@@ -228,3 +229,46 @@ def test_imagenet_class_indices():
     assert models.imagenet_class_indices(["n3", "n1", "n2", "n0"], cats) == [3, 1, 2, 0]  # full set: sorted order
     with pytest.raises(ValueError, match="neither ImageNet class names"):
         models.imagenet_class_indices(["knot", "kn0t"], cats)
+
+
+def test_the_lite_names_of_the_profiles_are_the_loaders():
+    assert tuple(models.LITE_MODELS) == profiles.LITE_MODEL_NAMES
+    for prof in profiles.PROFILES.values():
+        assert set(profiles.chapter_settings(prof, "lite")["models"]) <= set(models.LITE_MODELS)
+
+
+def test_lite_regime_renders_the_benchmark_at_each_model_input_size(monkeypatch):
+    from gradsim_utils import extract
+    monkeypatch.setitem(profiles.PROFILES["smoke"].extra, "lite",
+                        dict(models=("efficientnet-lite0", "efficientnet-lite1"), n_analysis_per_class=2))
+    runs = list(models.regime_runs("smoke", "lite", device="cpu", progress=False))
+    assert [run.name for run in runs] == ["efficientnet-lite0", "efficientnet-lite1"]
+    for run in runs:
+        info = run.model.gradsim_info
+        size = models.LITE_MODELS[run.name].input_size
+        assert run.dataset.images.shape == (20, 3, size, size)
+        assert run.dataset.masks.shape[-2:] == (size, size) and run.dataset.boxes.shape == (20, 4)
+        assert tuple(run.dataset.class_names) == data.benchmark_class_names()
+        # the layers by role: the final layer feeds pooling + classifier, so its gradient weights are rows
+        reps = extract.representations(run.model, run.dataset.images[:3], layer=info.final_layer, device="cpu",
+                                       progress=False)
+        assert extract.gradient_weight_identity_error(run.model, reps, classifier=info.classifier) < 1e-4
+        assert nets.classifier_weight(run.model).shape == (1000, reps.features.shape[1])
+        mid = extract.representations(run.model, run.dataset.images[:2], layer=info.middle_layer, device="cpu",
+                                      progress=False, keep_features=False)
+        assert mid.feature_hw == (size // 16 + (size % 16 > 0),) * 2
+
+
+def test_profile_regime_shares_one_dataset_and_unknown_regimes_are_named(smoke_models):
+    runs = list(models.regime_runs("smoke", device="cpu", progress=False))
+    assert [run.name for run in runs] == list(profiles.get_profile("smoke").models)
+    assert runs[0].dataset is runs[1].dataset and runs[0].dataset.images.shape[-1] == 32
+    info = runs[0].model.gradsim_info
+    assert (info.final_layer, info.middle_layer, info.classifier) == ("layer4", "layer3", "fc")
+    assert profiles.get_profile("paper").regime == "paper"
+    with pytest.raises(ValueError, match="regime must be 'lite' or the profile's own 'tiny', got 'paper'"):
+        next(models.regime_runs("smoke", "paper", device="cpu"))
+    assert torch.equal(nets.classifier_weight(runs[0].model), runs[0].model.fc.weight.detach())
+    runs[0].model.gradsim_info = dataclasses.replace(info, classifier="layer4")
+    with pytest.raises(ValueError, match="classifier 'layer4' of TinyResNet must be an nn.Linear, got Sequential"):
+        nets.classifier_weight(runs[0].model)

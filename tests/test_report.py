@@ -149,3 +149,20 @@ def test_value_range_cites_a_quoted_spread():
     assert report.value_range([0.547336], ".4f") == "0.5473-0.5473"
     with pytest.raises(ValueError, match="values"):
         report.value_range([])
+
+
+def test_a_chapter_compares_its_regimes_claim_by_claim():
+    from gradsim_utils.report import DASH, agreement_text, regime_comparison
+
+    claims = [_record("same", "tiny", "reproduced", ours=0.5), _record("same", "lite", "reproduced", ours=0.25),
+              _record("differ", "tiny", "not reproduced", ours=0.0), _record("differ", "lite", "reproduced"),
+              _record("alone", "tiny", "reproduced", ours=float("nan"))]
+    table = regime_comparison(claims).set_index("claim")
+    assert list(table.columns) == ["tiny: ours", "tiny: verdict", "lite: ours", "lite: verdict", "regimes agree"]
+    assert table.loc["same", "lite: ours"] == "0.250" and table.loc["same", "regimes agree"]
+    assert not table.loc["differ", "regimes agree"] and table.loc["alone", "regimes agree"] is None
+    assert table.loc["alone", "tiny: ours"] == DASH and table.loc["alone", "lite: verdict"] == DASH
+    assert agreement_text(claims) == ("the regimes agree on 1 of 2 claims; they differ on "
+                                      "differ (tiny: not reproduced, lite: reproduced)")
+    assert agreement_text(claims[:2]) == "the regimes agree on 1 of 1 claims"
+    assert agreement_text(claims[4:]) == "no claim of this chapter was judged in more than one regime"
