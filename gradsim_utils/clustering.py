@@ -44,7 +44,8 @@ from threadpoolctl import threadpool_limits
 from .stats import Estimate, image_bootstrap_counts, paired_difference, percentile_interval
 
 __all__ = ["METHODS", "SCORES", "SEED000_CLUSTERING", "prepare", "cluster", "silhouette",
-           "partition_scores", "ClusterResult", "evaluate_clustering", "evaluate_partition"]
+           "partition_scores", "ClusterResult", "evaluate_clustering", "evaluate_partition",
+           "evaluate_representations", "refinement_share"]
 
 METHODS = ("kmeans", "gmm")
 SCORES = ("ari", "nmi", "silhouette", "silhouette_true")
@@ -217,3 +218,35 @@ def evaluate_partition(x, labels, partition, n_components: int | None = 32, n_re
     partition = _as_labels(partition, len(x), "partition")
     z = prepare(x, n_components, seed)
     return _replicates(z, labels, n_resamples, seed, lambda rows, s, index: partition[index])
+
+
+def evaluate_representations(vectors: dict, labels, preds, k: int | None = None, n_components: int | None = 32,
+                             n_init: int = 5, n_resamples: int = 10, seed: int = 0, baseline_space: str = "GW"):
+    """Seed 000's clustering table for one model: every representation in ``vectors`` (name -> N x ...)
+    clustered by every method in ``METHODS`` (``evaluate_clustering``), in that order, and the
+    partition cluster = ``preds`` scored in the space of ``vectors[baseline_space]`` on the same
+    replicates (``evaluate_partition``). Returns ``({(name, method): ClusterResult}, baseline)``."""
+    if baseline_space not in vectors:
+        raise ValueError(f"baseline_space {baseline_space!r} is not one of {tuple(vectors)}")
+    results = {(name, method): evaluate_clustering(x, labels, method=method, k=k, n_components=n_components,
+                                                   n_init=n_init, n_resamples=n_resamples, seed=seed)
+               for name, x in vectors.items() for method in METHODS}
+    baseline = evaluate_partition(vectors[baseline_space], labels, preds, n_components=n_components,
+                                  n_resamples=n_resamples, seed=seed)
+    return results, baseline
+
+
+def refinement_share(fine, coarse) -> float:
+    """Share of samples whose ``coarse`` label is the most common one within their ``fine`` group:
+    sum_g max_c |{i in g: coarse_i = c}| / N. It is 1 exactly when every ``fine`` group lies inside
+    one ``coarse`` group (the coarse partition is a union of fine ones, e.g. clusters = unions of
+    predicted classes), and at least 1 / (number of coarse labels) otherwise."""
+    fine = np.asarray(torch.as_tensor(fine).cpu())
+    coarse = _as_labels(coarse, len(fine), "coarse")
+    if fine.ndim != 1 or len(fine) == 0:
+        raise ValueError(f"fine must be a non-empty 1-d labelling, got shape {fine.shape}")
+    _, fine_idx = np.unique(fine, return_inverse=True)
+    _, coarse_idx = np.unique(coarse, return_inverse=True)
+    counts = np.zeros((fine_idx.max() + 1, coarse_idx.max() + 1), dtype=np.int64)
+    np.add.at(counts, (fine_idx, coarse_idx), 1)
+    return float(counts.max(axis=1).sum() / len(fine))

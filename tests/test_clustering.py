@@ -91,3 +91,36 @@ def test_seed_tables_quoted():
     assert clustering.SEED000_CLUSTERING["kmeans"]["ResNet-50"]["GW"] == (1.00, 1.00, 0.89)
     assert clustering.SEED000_CLUSTERING["gmm"]["ResNet-34"]["GW"][0] == 0.61
     assert set(clustering.SEED000_CLUSTERING["gmm"]) == {f"ResNet-{d}" for d in (18, 34, 50, 101, 152)}
+
+
+def test_evaluate_representations_matches_separate_calls():
+    x, labels = _blobs(spread=2.0, seed=3)
+    rng = np.random.default_rng(4)
+    vectors = {"GW": x, "P": x + rng.normal(scale=1.0, size=x.shape)}
+    preds = np.where(rng.random(len(labels)) < 0.2, (labels + 1) % 3, labels)
+    kw = dict(n_components=3, n_resamples=3, seed=5)
+    results, baseline = clustering.evaluate_representations(vectors, labels, preds, k=3, n_init=2, **kw)
+    assert list(results) == [(r, m) for r in vectors for m in clustering.METHODS]
+    for (rep, method), res in results.items():
+        oracle = clustering.evaluate_clustering(vectors[rep], labels, method=method, k=3, n_init=2, **kw)
+        for score in clustering.SCORES:
+            np.testing.assert_array_equal(res.values[score], oracle.values[score])
+    oracle = clustering.evaluate_partition(x, labels, preds, **kw)
+    for score in clustering.SCORES:
+        np.testing.assert_array_equal(baseline.values[score], oracle.values[score])
+    with pytest.raises(ValueError, match="baseline_space"):
+        clustering.evaluate_representations({"P": x}, labels, preds)
+
+
+def test_refinement_share():
+    fine = np.array([0, 0, 1, 1, 2, 2, 3])
+    assert clustering.refinement_share(fine, [5, 5, 5, 5, 7, 7, 7]) == 1.0      # unions of fine groups
+    assert clustering.refinement_share(fine, [5, 7, 5, 5, 7, 7, 7]) == pytest.approx(6 / 7)
+    assert clustering.refinement_share(fine, fine) == 1.0
+    rng = np.random.default_rng(0)                                              # brute-force oracle
+    for _ in range(20):
+        f, c = rng.integers(0, 6, 40), rng.integers(0, 4, 40)
+        oracle = sum(max(np.sum(c[f == g] == v) for v in np.unique(c)) for g in np.unique(f)) / 40
+        assert clustering.refinement_share(f, c) == pytest.approx(oracle)
+    with pytest.raises(ValueError):
+        clustering.refinement_share(fine, [0, 1])
