@@ -46,7 +46,7 @@ from .nets import TinyResNet
 from .stats import Estimate, percentile_interval
 
 __all__ = ["KLD_EPS", "cc", "sim", "kld", "binarise_top", "auc", "pair_auc", "pair_metrics",
-           "pair_mean_replicates", "estimate_from_replicates", "pair_mean_ci", "GradCAM", "gradcam", "gradcam_with_control", "gradcam_maps", "cached_gradcam", "identity_applies", "SEED000_GRADCAM"]
+           "pair_mean_replicates", "estimate_from_replicates", "pair_mean_ci", "GradCAM", "gradcam", "gradcam_with_control", "gradcam_maps", "cached_gradcam", "cached_gradcam_with_control", "identity_applies", "SEED000_GRADCAM"]
 
 KLD_EPS = 2.2204e-16  # MATLAB eps, as in the MIT saliency benchmark's KLdiv.m
 _GRADCAM_GUARD = 1e-7  # pytorch-grad-cam's scale_cam_image: img / (1e-7 + max)
@@ -499,3 +499,18 @@ def cached_gradcam(model: nn.Module, images, layer: str = "layer4", targets=None
                 "method": result.method}
 
     return GradCAM(**cached_torch("gradcam", key, compute))
+
+
+def cached_gradcam_with_control(model: nn.Module, images, layer: str, targets=None, **kwargs) -> tuple[GradCAM, GradCAM]:
+    """``gradcam_with_control`` cached on disk (``cache.cached_torch``), keyed as ``cached_gradcam``."""
+    images_t = extract.as_image_tensor(images)
+    key = cache_key(step="gradcam_with_control", version=_GRADCAM_CODE_VERSION, layer=layer,
+                    model=_digest(model.state_dict().items()), images=_digest([("images", images_t)]),
+                    targets=None if targets is None else torch.as_tensor(targets).tolist())
+
+    def compute() -> dict:
+        return {kind: vars(result) for kind, result in
+                zip(("gradient", "control"), gradcam_with_control(model, images_t, layer=layer, targets=targets, **kwargs))}
+
+    stored = cached_torch("gradcam_with_control", key, compute)
+    return GradCAM(**stored["gradient"]), GradCAM(**stored["control"])
