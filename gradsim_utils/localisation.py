@@ -102,8 +102,33 @@ def threshold_box(saliency_map, threshold: float = SEED004_THRESHOLD) -> torch.T
 
 
 def threshold_boxes(maps, threshold: float = SEED004_THRESHOLD) -> torch.Tensor:
-    """``threshold_box`` of each map in an (N, H, W) stack: (N, 4)."""
-    return torch.stack([threshold_box(m, threshold) for m in _as_maps(maps)])
+    """``threshold_box`` of each map in an (N, H, W) stack: (N, 4), the same boxes and ties.
+
+    One labelling of the whole stack (8-connected within a map, never across maps); per map the
+    region with the most pixels, then the larger summed saliency, then the later label wins.
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+    norm = normalise_maps(maps).numpy()
+    n, height, width = norm.shape
+    boxes = torch.tensor([[0.0, 0.0, float(width), float(height)]]).repeat(n, 1)  # constant maps: the image
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = True
+    regions, n_regions = ndimage.label((norm >= threshold) & (norm.max(axis=(1, 2)) > 0)[:, None, None],
+                                       structure=structure)
+    if n_regions == 0:
+        return boxes
+    index = np.arange(1, n_regions + 1)
+    sizes = ndimage.sum_labels(np.ones_like(norm), regions, index)
+    mass = ndimage.sum_labels(norm, regions, index)
+    slices = ndimage.find_objects(regions)
+    owner = np.array([s[0].start for s in slices])
+    order = np.lexsort((index, mass, sizes, owner))
+    last_of_owner = np.r_[owner[order][1:] != owner[order][:-1], True]
+    for k in order[last_of_owner]:
+        _, rows, cols = slices[k]
+        boxes[owner[k]] = torch.tensor([cols.start, rows.start, cols.stop, rows.stop], dtype=torch.float32)
+    return boxes
 
 
 def paired_box_iou(boxes_a, boxes_b) -> torch.Tensor:

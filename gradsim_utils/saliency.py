@@ -46,7 +46,7 @@ from .nets import TinyResNet
 from .stats import Estimate, percentile_interval
 
 __all__ = ["KLD_EPS", "cc", "sim", "kld", "binarise_top", "auc", "pair_auc", "pair_metrics",
-           "pair_mean_replicates", "estimate_from_replicates", "pair_mean_ci", "GradCAM", "gradcam", "gradcam_maps", "cached_gradcam", "identity_applies", "SEED000_GRADCAM"]
+           "pair_mean_replicates", "estimate_from_replicates", "pair_mean_ci", "GradCAM", "gradcam", "gradcam_with_control", "gradcam_maps", "cached_gradcam", "cached_gradcam_with_control", "identity_applies", "SEED000_GRADCAM"]
 
 KLD_EPS = 2.2204e-16  # MATLAB eps, as in the MIT saliency benchmark's KLdiv.m
 _GRADCAM_GUARD = 1e-7  # pytorch-grad-cam's scale_cam_image: img / (1e-7 + max)
@@ -442,6 +442,37 @@ def gradcam(model: nn.Module, images, layer: str = "layer4", targets=None, batch
     return GradCAM(maps=torch.cat(maps), targets=torch.cat(cs), logits=torch.cat(logits), layer=layer, method=method)
 
 
+def gradcam_with_control(model: nn.Module, images, layer: str, targets=None, batch_size: int = 32,
+                         device: str | torch.device = "auto", progress: bool = False) -> tuple[GradCAM, GradCAM]:
+    """Grad-CAM maps and their class-free control from one backward pass per batch.
+
+    Both from the same features F of ``layer`` (autograd weights, as ``gradcam(method="backward")``):
+    ReLU(sum_k w_k F_k) and ReLU(sum_k F_k / K) (as ``gradcam(weights="uniform")``), each scaled as
+    pytorch-grad-cam does and upsampled to the images' H x W. ``targets`` as in ``gradcam``; the
+    control's ``targets`` are the same classes (it does not use them).
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    extract.get_layer(model, layer)
+    images = extract.as_image_tensor(images)
+    n, size = images.shape[0], tuple(images.shape[2:])
+    targets = extract.as_targets(targets, n, extract.num_classes(model))
+    dev = get_device(device)
+    gradient_maps, control_maps, cs, logits = [], [], [], []
+    for start in tqdm(range(0, n, batch_size), desc=f"Grad-CAM {layer}", unit="batch", disable=not progress):
+        t = None if targets is None else targets[start:start + batch_size]
+        reps = extract.representations(model, images[start:start + batch_size], layer=layer, batch_size=batch_size,
+                                       targets=t, device=dev, progress=False)
+        uniform = torch.full(reps.grad_weights.shape, 1.0 / reps.features.shape[1], dtype=reps.features.dtype)
+        for weights, out in ((reps.grad_weights, gradient_maps), (uniform, control_maps)):
+            out.append(_scale_like_gradcam(torch.einsum("nk,nkhw->nhw", weights, reps.features).relu().float(), size))
+        cs.append(reps.targets)
+        logits.append(reps.logits)
+    targets_, logits_ = torch.cat(cs), torch.cat(logits)
+    return (GradCAM(maps=torch.cat(gradient_maps), targets=targets_, logits=logits_, layer=layer, method="backward"),
+            GradCAM(maps=torch.cat(control_maps), targets=targets_, logits=logits_, layer=layer, method="uniform"))
+
+
 def gradcam_maps(model: nn.Module, images, layer: str = "layer4", targets=None, batch_size: int = 32,
                  **kwargs) -> torch.Tensor:
     """The (N, H, W) maps of ``gradcam`` (same arguments)."""
@@ -468,3 +499,18 @@ def cached_gradcam(model: nn.Module, images, layer: str = "layer4", targets=None
                 "method": result.method}
 
     return GradCAM(**cached_torch("gradcam", key, compute))
+
+
+def cached_gradcam_with_control(model: nn.Module, images, layer: str, targets=None, **kwargs) -> tuple[GradCAM, GradCAM]:
+    """``gradcam_with_control`` cached on disk (``cache.cached_torch``), keyed as ``cached_gradcam``."""
+    images_t = extract.as_image_tensor(images)
+    key = cache_key(step="gradcam_with_control", version=_GRADCAM_CODE_VERSION, layer=layer,
+                    model=_digest(model.state_dict().items()), images=_digest([("images", images_t)]),
+                    targets=None if targets is None else torch.as_tensor(targets).tolist())
+
+    def compute() -> dict:
+        return {kind: vars(result) for kind, result in
+                zip(("gradient", "control"), gradcam_with_control(model, images_t, layer=layer, targets=targets, **kwargs))}
+
+    stored = cached_torch("gradcam_with_control", key, compute)
+    return GradCAM(**stored["gradient"]), GradCAM(**stored["control"])

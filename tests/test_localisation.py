@@ -99,3 +99,17 @@ def test_area_chance_is_the_object_share():
     assert loc.area_chance(masks[0]).tolist() == pytest.approx([0.5])
     with pytest.raises(ValueError, match="boolean"):
         loc.area_chance(masks.double())
+
+
+def test_threshold_boxes_equal_threshold_box_per_map():
+    rng = np.random.default_rng(5)
+    coarse = torch.as_tensor(rng.random((40, 5, 5)))
+    maps = torch.nn.functional.interpolate(coarse[:, None], size=(37, 41), mode="bilinear")[:, 0]
+    blocky = torch.as_tensor(rng.integers(0, 3, size=(20, 9, 9)), dtype=torch.float64)  # ties in size and mass
+    stacks = [maps, blocky, torch.zeros(3, 6, 6), torch.cat([torch.ones(1, 6, 6), maps[:2, :6, :6]])]
+    for stack in stacks:
+        for threshold in (0.0, 0.2, 0.7, 1.0):
+            expected = torch.stack([loc.threshold_box(m, threshold) for m in stack])
+            torch.testing.assert_close(loc.threshold_boxes(stack, threshold), expected)
+    with pytest.raises(ValueError):
+        loc.threshold_boxes(maps, threshold=1.5)

@@ -322,3 +322,44 @@ def test_cached_gradcam_reuses_the_entry_and_keys_on_the_weights():
     changed = saliency.cached_gradcam(model, x, batch_size=2)
     torch.testing.assert_close(changed.maps, saliency.gradcam_maps(model, x))
     assert not torch.allclose(changed.maps, first.maps)
+
+
+@pytest.mark.parametrize("arch,layer", [("tiny-resnet18", "layer3"), ("tf_efficientnet_lite0", "bn2")])
+def test_gradcam_with_control_equals_the_two_separate_passes_and_pytorch_grad_cam(arch, layer):
+    torch.manual_seed(4)
+    if arch.startswith("tf_"):
+        import timm
+        model, side = timm.create_model(arch, pretrained=False, num_classes=7).eval(), 64
+    else:
+        model, side = build_tiny_resnet(arch, num_classes=7).eval(), 32
+    x = torch.randn(5, 3, side, side)
+    maps, control = saliency.gradcam_with_control(model, x, layer=layer, batch_size=2)
+    assert (maps.method, control.method) == ("backward", "uniform")
+    assert maps.maps.shape == control.maps.shape == (5, side, side)
+    torch.testing.assert_close(maps.maps, saliency.gradcam(model, x, layer=layer, method="backward").maps,
+                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(control.maps, saliency.gradcam(model, x, layer=layer, weights="uniform").maps,
+                               atol=1e-5, rtol=1e-4)
+    assert np.abs(maps.maps.numpy() - _reference_maps(model, x, layer)).max() < 1e-4
+    torch.testing.assert_close(maps.targets, maps.logits.argmax(1))
+    fixed, _ = saliency.gradcam_with_control(model, x, layer=layer, targets=3)
+    assert (fixed.targets == 3).all()
+    torch.testing.assert_close(fixed.maps, saliency.gradcam(model, x, layer=layer, targets=3).maps, atol=1e-5, rtol=1e-4)
+
+
+def test_cached_gradcam_with_control_reuses_the_entry_and_keys_on_the_weights():
+    torch.manual_seed(5)
+    model = build_tiny_resnet("tiny-resnet18", num_classes=4).eval()
+    x = torch.randn(3, 3, 32, 32)
+    first = saliency.cached_gradcam_with_control(model, x, layer="layer3", batch_size=2)
+    fresh = saliency.gradcam_with_control(model, x, layer="layer3")
+    for cached, computed in zip(first, fresh):
+        torch.testing.assert_close(cached.maps, computed.maps)
+        assert (cached.method, cached.layer) == (computed.method, computed.layer)
+    again = saliency.cached_gradcam_with_control(model, x, layer="layer3")
+    torch.testing.assert_close(again[1].maps, first[1].maps)
+    with torch.no_grad():
+        model.fc.weight.mul_(-1.0)  # new weights: a new entry, not the stale maps
+    changed = saliency.cached_gradcam_with_control(model, x, layer="layer3")
+    torch.testing.assert_close(changed[0].maps, saliency.gradcam_with_control(model, x, layer="layer3")[0].maps)
+    assert not torch.allclose(changed[0].maps, first[0].maps)
