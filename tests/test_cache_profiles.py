@@ -85,7 +85,7 @@ def test_chapter_settings_copy_the_profile_and_name_unknown_overrides():
         profiles.chapter_settings("smoke", "rsvc", clases=3)
     with pytest.raises(ValueError, match="no settings for chapter 'nope'"):
         profiles.chapter_settings("smoke", "nope")
-    assert all(set(p.extra) == {"sfam", "rsvc", "alignment"} for p in profiles.PROFILES.values())
+    assert all(set(p.extra) == {"sfam", "rsvc", "alignment", "lite"} for p in profiles.PROFILES.values())
 
 
 def test_device_selection():
