@@ -61,7 +61,7 @@ _ALIGNMENT_QUICK = dict(image_size=32, n_train_per_class=150, n_analysis_per_cla
 # The second offline regime ("lite", DESIGN.md section 5a): the pretrained EfficientNet-Lite models,
 # frozen, on n_analysis_per_class benchmark images per class rendered at each model's input size.
 _LITE_QUICK = dict(models=LITE_MODEL_NAMES, n_analysis_per_class=20)
-_LITE_SMOKE = dict(models=LITE_MODEL_NAMES[:1], n_analysis_per_class=4)
+_LITE_SMOKE = dict(models=LITE_MODEL_NAMES[:2], n_analysis_per_class=4)  # two: loops over models run
 # Chapter 7 ("rsvc") trains its marker pair on the benchmark too (marker_train / marker_analysis images
 # per class, marker_epochs); its depth comparison analyses `classes` classes, the layer-wise heatmap
 # `layer_classes`.
