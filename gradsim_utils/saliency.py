@@ -484,14 +484,20 @@ def _digest(tensors) -> str:
     return content_digest(*(part for name, tensor in tensors for part in (name, tensor)))
 
 
+def _gradcam_cache_key(step: str, model: nn.Module, images: torch.Tensor, layer: str, targets, **options) -> str:
+    """The disk-cache key of Grad-CAM maps: the model's parameters and buffers, the images, the layer,
+    the targets and any ``options`` that change the maps."""
+    return cache_key(step=step, version=_GRADCAM_CODE_VERSION, layer=layer, model=_digest(model.state_dict().items()),
+                     images=_digest([("images", images)]),
+                     targets=None if targets is None else torch.as_tensor(targets).tolist(), **options)
+
+
 def cached_gradcam(model: nn.Module, images, layer: str = "layer4", targets=None, **kwargs) -> GradCAM:
     """``gradcam`` cached on disk (``cache.cached_torch``), keyed by the model's parameters and
     buffers, the images, the targets and every argument that changes the maps."""
     images_t = extract.as_image_tensor(images)
     options = {k: kwargs.get(k, v) for k, v in (("normalise", "gradcam"), ("method", "auto"), ("weights", "gradient"))}
-    key = cache_key(step="gradcam", version=_GRADCAM_CODE_VERSION, layer=layer, options=options,
-                    model=_digest(model.state_dict().items()), images=_digest([("images", images_t)]),
-                    targets=None if targets is None else torch.as_tensor(targets).tolist())
+    key = _gradcam_cache_key("gradcam", model, images_t, layer, targets, options=options)
 
     def compute() -> dict:
         result = gradcam(model, images_t, layer=layer, targets=targets, **kwargs)
@@ -504,9 +510,7 @@ def cached_gradcam(model: nn.Module, images, layer: str = "layer4", targets=None
 def cached_gradcam_with_control(model: nn.Module, images, layer: str, targets=None, **kwargs) -> tuple[GradCAM, GradCAM]:
     """``gradcam_with_control`` cached on disk (``cache.cached_torch``), keyed as ``cached_gradcam``."""
     images_t = extract.as_image_tensor(images)
-    key = cache_key(step="gradcam_with_control", version=_GRADCAM_CODE_VERSION, layer=layer,
-                    model=_digest(model.state_dict().items()), images=_digest([("images", images_t)]),
-                    targets=None if targets is None else torch.as_tensor(targets).tolist())
+    key = _gradcam_cache_key("gradcam_with_control", model, images_t, layer, targets)
 
     def compute() -> dict:
         return {kind: vars(result) for kind, result in
