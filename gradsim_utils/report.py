@@ -110,7 +110,12 @@ def load_claims(results_dir: str | Path = RESULTS_DIR) -> list[dict]:
     """Every recorded claim, in chapter order then recording order."""
     claims: list[dict] = []
     for path in sorted(Path(results_dir).glob("*.json")):
-        claims.extend(json.loads(path.read_text()).values())
+        records = json.loads(path.read_text())
+        stale = [key for key, record in records.items() if "regime" not in record]
+        if stale:
+            raise ValueError(f"{path} holds records written before results were kept per regime ({stale[:3]}); "
+                             f"delete it (or run `make clean`) and rerun its chapter")
+        claims.extend(records.values())
     return claims
 
 

@@ -1,3 +1,4 @@
+import json
 import numpy as np
 import pytest
 import torch
@@ -42,7 +43,6 @@ def test_record_claim_merges_records_and_rejects_untyped_verdicts(tmp_path):
 
 def _write_results(folder, records):
     """Hand-made results files: ``records`` as written by record_claim, grouped by chapter."""
-    import json
 
     by_chapter = {}
     for r in records:
@@ -166,3 +166,11 @@ def test_a_chapter_compares_its_regimes_claim_by_claim():
                                       "differ (tiny: not reproduced, lite: reproduced)")
     assert agreement_text(claims[:2]) == "the regimes agree on 1 of 1 claims"
     assert agreement_text(claims[4:]) == "no claim of this chapter was judged in more than one regime"
+
+
+def test_results_from_before_the_regimes_are_named_not_misread(tmp_path):
+    from gradsim_utils.report import load_claims
+
+    (tmp_path / "05_y.json").write_text(json.dumps({"old_claim": {"claim_id": "old_claim", "verdict": "reproduced"}}))
+    with pytest.raises(ValueError, match=r"05_y.json holds records written before .*\['old_claim'\].*make clean"):
+        load_claims(tmp_path)
