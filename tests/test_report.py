@@ -43,7 +43,6 @@ def test_record_claim_merges_records_and_rejects_untyped_verdicts(tmp_path):
 
 def _write_results(folder, records):
     """Hand-made results files: ``records`` as written by record_claim, grouped by chapter."""
-
     by_chapter = {}
     for r in records:
         by_chapter.setdefault(r["chapter"], {})[f"{r['claim_id']}@{r['regime']}"] = r
