@@ -10,7 +10,11 @@ that resample) left out. Here are the pieces every method module uses:
 * ``runner_up_gap``: the interval of an argmax verdict ("model m scores highest"), as the gap to the
   best of the others on each resample;
 * ``bootstrap_ci`` / ``mean_ci``: thin wrappers over ``scipy.stats.bootstrap`` (95 %, percentile
-  method, a fixed seed, vectorised resampling) for a statistic of independent samples.
+  method, a fixed seed, vectorised resampling) for a statistic of independent samples;
+* ``seed_draws`` / ``pool_seeds`` / ``weighted_means`` / ``two_level_interval``: intervals that cover
+  training seeds as well as images, a two-level bootstrap (resample the seeds, and within each drawn
+  seed its images; owen2007pigeonhole). Every (1 + R, ...) array keeps the statistic on the data at
+  index 0 and the R replicates after it.
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ import numpy as np
 from scipy import stats as _scipy_stats
 
 __all__ = ["Estimate", "image_bootstrap_counts", "percentile_bounds", "percentile_interval",
-           "paired_difference", "runner_up_gap", "bootstrap_ci", "mean_ci"]
+           "paired_difference", "runner_up_gap", "bootstrap_ci", "mean_ci",
+           "seed_draws", "pool_seeds", "weighted_means", "two_level_interval"]
 
 
 @dataclass(frozen=True)
@@ -152,3 +157,83 @@ def bootstrap_ci(samples, statistic: Callable = np.mean, *, n_resamples: int = 1
 def mean_ci(samples, **kwargs) -> Estimate:
     """Mean with its 95 % percentile-bootstrap interval (see ``bootstrap_ci``)."""
     return bootstrap_ci(np.asarray(samples, dtype=float), np.mean, **kwargs)
+
+
+def seed_draws(n_seeds: int, n_resamples: int, seed: int = 0) -> np.ndarray:
+    """Which training seeds each of ``n_resamples`` resamples uses: an int array (R, S) of seed
+    indices drawn with replacement (all zeros for one seed). The generator is
+    ``default_rng([seed, 1])``, a stream apart from ``image_bootstrap_counts(seed=seed)``."""
+    if not isinstance(n_seeds, int) or n_seeds < 1:
+        raise ValueError(f"n_seeds must be a positive int, got {n_seeds!r}")
+    if not isinstance(n_resamples, int) or n_resamples < 1:
+        raise ValueError(f"n_resamples must be a positive int, got {n_resamples!r}")
+    return np.random.default_rng([seed, 1]).integers(0, n_seeds, size=(n_resamples, n_seeds))
+
+
+def pool_seeds(per_seed, draws) -> np.ndarray:
+    """Two-level replicates from per-seed ones: ``per_seed`` (S, 1 + R, ...) holds each training
+    seed's statistic (index 0) and its R image-bootstrap replicates; ``draws`` (R, S) comes from
+    ``seed_draws``. Returns (1 + R, ...): index 0 is the mean over seeds of the statistic, index r
+    the mean over the drawn seeds ``draws[r - 1]`` of their replicate r (NaN replicates left out;
+    all NaN gives NaN). With one seed it returns ``per_seed[0]``. The pooling is linear, so a
+    difference of pooled statistics is the pooled difference (paired intervals stay paired)."""
+    per_seed, draws = np.asarray(per_seed, dtype=np.float64), np.asarray(draws)
+    if per_seed.ndim < 2:
+        raise ValueError(f"per_seed must have shape (seeds, 1 + resamples, ...), got {per_seed.shape}")
+    n_seeds, n_resamples = per_seed.shape[0], per_seed.shape[1] - 1
+    if draws.shape != (n_resamples, n_seeds) or (draws.size and (draws.min() < 0 or draws.max() >= n_seeds)):
+        raise ValueError(f"draws must be seed indices of shape ({n_resamples}, {n_seeds}) for per_seed of shape "
+                         f"{per_seed.shape}, got shape {draws.shape}")
+    drawn = per_seed[draws, np.arange(1, n_resamples + 1)[:, None]]  # (R, S, ...): replicate r of each drawn seed
+    finite = np.isfinite(drawn)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        replicates = np.where(finite, drawn, 0).sum(axis=1) / finite.sum(axis=1)
+    return np.concatenate([per_seed[:, 0].mean(axis=0, keepdims=True), replicates])
+
+
+def weighted_means(values, counts, groups=None) -> np.ndarray:
+    """The mean of per-unit ``values`` (..., N) on the data and on each bootstrap resample:
+    ``counts`` (R, N) says how often each unit is drawn (``image_bootstrap_counts``). Returns
+    (..., 1 + R) with index 0 the plain mean and index r sum_i c_ri v_i / sum_i c_ri. With ``groups``
+    (N labels) every group weighs the same: the mean over groups of the group means."""
+    values, counts = np.asarray(values, dtype=np.float64), np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 2 or values.shape[-1] != counts.shape[1]:
+        raise ValueError(f"values (..., N) and counts (R, N) must share N, got {values.shape} and {counts.shape}")
+    if groups is None:
+        groups = np.zeros(values.shape[-1], dtype=np.int64)
+    groups = np.asarray(groups)
+    if groups.shape != (values.shape[-1],):
+        raise ValueError(f"groups must give one label per unit ({values.shape[-1]}), got shape {groups.shape}")
+    per_group = []
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        weights = np.concatenate([np.ones((1, len(idx))), counts[:, idx]])  # (1 + R, n_g)
+        per_group.append(values[..., idx] @ weights.T / weights.sum(axis=1))
+    return np.mean(per_group, axis=0)
+
+
+def two_level_interval(per_seed_values, labels=None, n_resamples: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> Estimate:
+    """Mean over training seeds of the per-seed mean of per-unit values, with a two-level percentile
+    interval: each resample draws the seeds with replacement and, within every drawn seed, its units
+    (stratified by ``labels``, classes weighted equally). ``per_seed_values`` is an array (S, N) when
+    every seed scores the same units (crossed: the seeds share the image draws), or a list of S
+    arrays when each seed has its own units (nested: e.g. the queries a model classifies correctly);
+    ``labels`` is then None or a list of S label arrays. With one seed this is the image-bootstrap
+    interval of the mean."""
+    nested = isinstance(per_seed_values, (list, tuple))
+    values = [np.asarray(v, dtype=np.float64) for v in per_seed_values] if nested else \
+        np.asarray(per_seed_values, dtype=np.float64)
+    if not nested and values.ndim != 2:
+        raise ValueError(f"per_seed_values must be (seeds, units) or a list of per-seed arrays, got {values.shape}")
+    if nested:
+        labels = labels if labels is not None else [np.zeros(len(v), dtype=np.int64) for v in values]
+        if len(labels) != len(values):
+            raise ValueError(f"labels must be a list of {len(values)} per-seed label arrays, got {len(labels)}")
+        per_seed = np.stack([weighted_means(v, image_bootstrap_counts(g, n_resamples, [seed, s]), g)
+                             for s, (v, g) in enumerate(zip(values, labels))])
+    else:
+        labels = np.zeros(values.shape[1], dtype=np.int64) if labels is None else np.asarray(labels)
+        per_seed = weighted_means(values, image_bootstrap_counts(labels, n_resamples, seed), labels)
+    pooled = pool_seeds(per_seed, seed_draws(len(per_seed), n_resamples, seed))
+    return percentile_interval(pooled[0], pooled[1:], level)

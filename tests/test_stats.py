@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from gradsim_utils.stats import (bootstrap_ci, runner_up_gap, image_bootstrap_counts, mean_ci, paired_difference, percentile_bounds,
-                                 percentile_interval)
+                                 percentile_interval, pool_seeds, seed_draws, two_level_interval, weighted_means)
 
 
 def test_mean_ci_covers_the_true_mean_and_shrinks_with_n():
@@ -116,3 +116,94 @@ def test_runner_up_gap_needs_shared_candidates():
         runner_up_gap({"a": 1.0, "b": 0.0}, {"a": np.zeros(3), "c": np.zeros(3)}, "a")
     with pytest.raises(ValueError, match="same resamples"):
         runner_up_gap({"a": 1.0, "b": 0.0}, {"a": np.zeros(3), "b": np.zeros(4)}, "a")
+
+
+def test_seed_draws_are_reproducible_indices_and_one_seed_is_all_zeros():
+    draws = seed_draws(3, 500, seed=4)
+    assert draws.shape == (500, 3) and draws.min() == 0 and draws.max() == 2
+    assert np.array_equal(draws, seed_draws(3, 500, seed=4))
+    assert not np.array_equal(draws, seed_draws(3, 500, seed=5))
+    assert not seed_draws(1, 20).any()
+    with pytest.raises(ValueError, match="n_seeds"):
+        seed_draws(0, 10)
+
+
+def test_pool_seeds_against_a_hand_loop_with_nan_left_out():
+    rng = np.random.default_rng(0)
+    per_seed = rng.normal(size=(3, 1 + 50, 2))
+    per_seed[1, 7, 0] = np.nan
+    per_seed[:, 9, 1] = np.nan
+    draws = seed_draws(3, 50, seed=1)
+    pooled = pool_seeds(per_seed, draws)
+    assert pooled.shape == (51, 2)
+    assert np.allclose(pooled[0], per_seed[:, 0].mean(axis=0))
+    for r in range(1, 51):
+        for k in range(2):
+            drawn = [per_seed[s, r, k] for s in draws[r - 1]]
+            expected = np.nanmean(drawn) if np.isfinite(drawn).any() else np.nan
+            assert np.allclose(pooled[r, k], expected, equal_nan=True)
+    assert np.isnan(pooled[9, 1])
+    # one seed: today's image-only replicates, unchanged
+    assert np.array_equal(pool_seeds(per_seed[:1], seed_draws(1, 50)), per_seed[0], equal_nan=True)
+    with pytest.raises(ValueError, match="draws must be seed indices"):
+        pool_seeds(per_seed, seed_draws(2, 50))
+
+
+def test_pooled_differences_stay_paired():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(3, 101)), rng.normal(size=(3, 101))
+    draws = seed_draws(3, 100)
+    assert np.allclose(pool_seeds(a, draws) - pool_seeds(b, draws), pool_seeds(a - b, draws))
+
+
+def test_weighted_means_equal_the_mean_of_the_repeated_units():
+    rng = np.random.default_rng(2)
+    labels = np.repeat([0, 1, 2], [4, 6, 5])
+    values = rng.normal(size=(2, 15))
+    counts = image_bootstrap_counts(labels, 30, seed=3)
+    means = weighted_means(values, counts)
+    assert means.shape == (2, 31)
+    assert np.allclose(means[:, 0], values.mean(axis=1))
+    for r in range(30):
+        assert np.allclose(means[:, r + 1], np.repeat(values, counts[r], axis=1).mean(axis=1))
+    by_class = weighted_means(values, counts, groups=labels)
+    for r in range(30):
+        class_means = [np.repeat(values[:, labels == c], counts[r, labels == c], axis=1).mean(axis=1) for c in range(3)]
+        assert np.allclose(by_class[:, r + 1], np.mean(class_means, axis=0))
+    with pytest.raises(ValueError, match="share N"):
+        weighted_means(values[:, :3], counts)
+
+
+def test_two_level_interval_widens_with_seed_variation_only():
+    rng = np.random.default_rng(5)
+    unit_effects = rng.normal(size=200)
+    no_seed_effect = np.tile(unit_effects, (3, 1))
+    images_only = two_level_interval(unit_effects[None], n_resamples=2000)
+    same = two_level_interval(no_seed_effect, n_resamples=2000)
+    assert same.value == pytest.approx(images_only.value)
+    assert same.high - same.low == pytest.approx(images_only.high - images_only.low, rel=0.1)
+    seed_effects = np.array([-1.0, 0.0, 1.0])[:, None]
+    wide = two_level_interval(no_seed_effect + seed_effects, n_resamples=2000)
+    assert wide.value == pytest.approx(same.value)
+    assert wide.high - wide.low > 3 * (same.high - same.low)
+    # nested: each seed its own units; one seed is the image-bootstrap interval of its mean
+    nested = two_level_interval([unit_effects[:150], unit_effects[50:] + 0.5, unit_effects[:100]])
+    assert nested.value == pytest.approx(np.mean([unit_effects[:150].mean(), unit_effects[50:].mean() + 0.5,
+                                                  unit_effects[:100].mean()]))
+    assert nested.low < nested.value < nested.high
+
+
+def test_a_ranking_that_holds_on_one_seed_only_is_not_certain_when_pooled():
+    """A beats B on seed 0's images clearly, B beats A on seed 1's: the pooled gap's interval holds 0."""
+    rng = np.random.default_rng(6)
+    labels = np.zeros(300, dtype=int)
+    counts = image_bootstrap_counts(labels, 1000, seed=0)
+    a = np.stack([1.0 + rng.normal(0, 0.2, 300), 0.0 + rng.normal(0, 0.2, 300)])
+    b = np.stack([0.0 + rng.normal(0, 0.2, 300), 1.0 + rng.normal(0, 0.2, 300)])
+    per_seed = {"A": weighted_means(a, counts), "B": weighted_means(b, counts)}
+    seed0 = runner_up_gap({m: v[0, 0] for m, v in per_seed.items()}, {m: v[0, 1:] for m, v in per_seed.items()}, "A")
+    assert seed0.low > 0
+    draws = seed_draws(2, 1000)
+    pooled = {m: pool_seeds(v, draws) for m, v in per_seed.items()}
+    gap = runner_up_gap({m: v[0] for m, v in pooled.items()}, {m: v[1:] for m, v in pooled.items()}, "A")
+    assert gap.low < 0 < gap.high
