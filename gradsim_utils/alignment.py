@@ -29,6 +29,7 @@ from . import data, extract, nets, provenance, similarity, training
 from .cache import cache_key
 from .devices import get_device, place
 from .profiles import TINY_MODELS
+from .stats import weighted_means
 
 __all__ = [
     "FORMS", "CODE_VERSION", "same_class_pairs", "gradient_alignment_loss",
@@ -328,12 +329,18 @@ def _mean_within_between(cos: torch.Tensor, labels: torch.Tensor) -> tuple[float
     return float(np.mean(list(within.values()))), float(cos[i[~same], j[~same]].mean())
 
 
-def _kmeans_ari(x: torch.Tensor, labels: torch.Tensor, seed: int) -> float:
-    """ARI of K-means (k = number of classes, 10 restarts) on L2-normalised rows against the labels."""
+def _kmeans_partition(x: torch.Tensor, labels: torch.Tensor, seed: int) -> np.ndarray:
+    """K-means (k = number of classes, 10 restarts) on L2-normalised rows."""
     unit = F.normalize(x.flatten(1).double(), dim=1).numpy()
     k = len(torch.unique(labels))
-    pred = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(unit)
-    return float(adjusted_rand_score(labels.numpy(), pred))
+    return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(unit)
+
+
+def _partition_ari(labels: np.ndarray, partition: np.ndarray, counts: np.ndarray | None) -> np.ndarray:
+    """ARI of ``partition`` against ``labels``: on all images, then (with ``counts``) on the distinct
+    images each bootstrap resample draws (the partition is kept, not refitted)."""
+    drawn = [np.ones(len(labels), dtype=bool)] + ([] if counts is None else list(np.asarray(counts) > 0))
+    return np.array([adjusted_rand_score(labels[d], partition[d]) for d in drawn])
 
 
 def _pair_mi(x: torch.Tensor, labels: torch.Tensor, same: bool, dim: int, max_pairs: int, seed: int) -> float:
@@ -349,7 +356,7 @@ def _pair_mi(x: torch.Tensor, labels: torch.Tensor, same: bool, dim: int, max_pa
 
 
 def alignment_measures(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, seed: int = 0,
-                       batch_size: int = 64, mi_pairs: int = 2000, device="auto") -> dict[str, float]:
+                       batch_size: int = 64, mi_pairs: int = 2000, device="auto", counts=None) -> dict:
     """What the chapter reports for one trained model, on (analysis) ``images`` and true ``labels``.
 
     accuracy; input-gradient cosine (seed 001's g = dL/dx) within class (mean over unordered pairs,
@@ -359,15 +366,20 @@ def alignment_measures(model: nn.Module, images: torch.Tensor, labels: torch.Ten
     of input gradients and of inner-conv gradient weights; Gaussian MI of same-class and
     different-class pairs of input gradients, on dim = min(classes, N // 4) principal components;
     the mean same-class ||g_i - g_j||^2 and its norm part mean(||g_i||^2 + ||g_j||^2).
+
+    With ``counts`` (R, N) from ``stats.image_bootstrap_counts`` the dict also holds "replicates":
+    for accuracy, the input-gradient cosines within and between classes, mean ||g|| and the ARI of
+    input gradients, a (1 + R,) array with the value above at index 0 and its value on each
+    resample after it (the K-means partition is fitted once and rescored on the drawn images).
     """
     labels = torch.as_tensor(labels).long()
+    lab = labels.numpy()
     grads = extract.loss_input_gradients(model, images, labels, batch_size=batch_size, device=device,
                                          progress=False)
     reps4 = extract.representations(model, images, layer="layer4", batch_size=batch_size, device=device,
                                     keep_features=False, progress=False)
     inner = extract.representations(model, images, layer=extract.last_block_inner_conv(model),
                                     batch_size=batch_size, device=device, keep_features=False, progress=False)
-    g_within, g_between = _mean_within_between(similarity.cosine_matrix(grads), labels)
     gw4_within, _ = _mean_within_between(similarity.cosine_matrix(reps4.grad_weights), labels)
     inner_within, inner_between = _mean_within_between(similarity.cosine_matrix(inner.grad_weights), labels)
     dim = max(1, min(len(torch.unique(labels)), len(labels) // 4))
@@ -376,20 +388,32 @@ def alignment_measures(model: nn.Module, images: torch.Tensor, labels: torch.Ten
     i, j, same = similarity.unordered_pairs(labels)
     i, j = i[same], j[same]
     norm_part = (gram[i, i] + gram[j, j]).mean()
-    return {
-        "accuracy": float((reps4.preds == labels).float().mean()),
+    g_cos = similarity.cosine_matrix(grads)
+    g_within, g_between = _mean_within_between(g_cos, labels)
+    correct = (reps4.preds == labels).double().numpy()
+    norms = grads.flatten(1).norm(dim=1).double().numpy()
+    ari_g = _partition_ari(lab, _kmeans_partition(grads, labels, seed), counts)
+    measures = {
+        "accuracy": float(correct.mean()),
         "input_grad_within": g_within,
         "input_grad_between": g_between,
-        "input_grad_norm": float(grads.flatten(1).norm(dim=1).mean()),
+        "input_grad_norm": float(norms.mean()),
         "gw_layer4_within": gw4_within,
         "pred_agreement": similarity.within_class_agreement(reps4.preds, labels),
         "gw_inner_within": inner_within,
         "gw_inner_between": inner_between,
-        "ari_input_grad": _kmeans_ari(grads, labels, seed),
-        "ari_gw_inner": _kmeans_ari(inner.grad_weights, labels, seed),
+        "ari_input_grad": float(ari_g[0]),
+        "ari_gw_inner": float(_partition_ari(lab, _kmeans_partition(inner.grad_weights, labels, seed), None)[0]),
         "mi_same_class": _pair_mi(grads, labels, True, dim, mi_pairs, seed),
         "mi_diff_class": _pair_mi(grads, labels, False, dim, mi_pairs, seed),
         "mi_dim": dim,
         "euclid_pair_mean": float(norm_part - 2 * gram[i, j].mean()),
         "euclid_norm_part": float(norm_part),
     }
+    if counts is not None:
+        pairs = similarity.pair_statistics(g_cos, lab, counts, with_auc=False)
+        resampled = {"accuracy": weighted_means(correct, counts)[1:], "input_grad_within": pairs.within[1:],
+                     "input_grad_between": pairs.between[1:], "input_grad_norm": weighted_means(norms, counts)[1:],
+                     "ari_input_grad": ari_g[1:]}
+        measures["replicates"] = {k: np.concatenate([[measures[k]], v]) for k, v in resampled.items()}
+    return measures

@@ -287,7 +287,8 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.full(den.shape, np.nan), where=den > 0)
 
 
-def pair_statistics(sims: torch.Tensor, labels, counts: np.ndarray | None = None) -> PairStatistics:
+def pair_statistics(sims: torch.Tensor, labels, counts: np.ndarray | None = None,
+                    with_auc: bool = True) -> PairStatistics:
     """Within-class mean cosine, between-class mean and AUC from an N x N cosine matrix ``sims``.
 
     Pairs are unordered pairs of distinct images. Within = mean over classes (equal weights) of
@@ -297,6 +298,7 @@ def pair_statistics(sims: torch.Tensor, labels, counts: np.ndarray | None = None
     i.e. ``sklearn.metrics.roc_auc_score(same_class, cosine)``. With ``counts`` (from
     ``image_bootstrap_counts``) every pair (i, j) of a replicate has weight n_i n_j, so copies
     of one image are never paired with themselves. Needs a class with two images and two classes.
+    ``with_auc=False`` leaves the AUC out (NaN), which is most of the cost with many replicates.
     """
     sims = torch.as_tensor(sims)
     if sims.ndim != 2 or sims.shape[0] != sims.shape[1]:
@@ -333,7 +335,7 @@ def pair_statistics(sims: torch.Tensor, labels, counts: np.ndarray | None = None
     class_totals = np.stack([c[:, class_index == k].sum(1) for k in range(n_classes)])
     between_w = c.sum(1) ** 2 - (class_totals ** 2).sum(0)
     between_mean = _ratio(((c @ np.where(same, 0.0, s_full)) * c).sum(1), between_w)
-    auc = _auc_replicates(s, within, c, i, j)
+    auc = _auc_replicates(s, within, c, i, j) if with_auc else np.full(len(c), np.nan)
     return PairStatistics(within=within_mean, between=between_mean, auc=auc)
 
 

@@ -5,9 +5,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
 from torch import nn
 
-from gradsim_utils import alignment, extract
+from gradsim_utils import alignment, data, extract, models, nets, similarity
+from gradsim_utils.stats import image_bootstrap_counts
 
 
 def gradient_alignment_loss_loop(grads: torch.Tensor, labels: torch.Tensor, form: str = "cosine",
@@ -256,3 +259,35 @@ def test_train_aligned_tiny_run_learns_and_reports():
     assert metrics["final_grad_loss"] > 0 and np.isfinite(metrics["final_cls_loss"])
     assert 0 <= metrics["analysis_accuracy"] <= 1 and metrics["n_train"] == 40
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_alignment_measures_replicates_against_oracles():
+    net = models.load_model("tiny-resnet18", "smoke", weights=None, device="cpu")
+    bench = data.make_benchmark(n_per_class=3, split="analysis", seed=0, image_size=32)
+    counts = image_bootstrap_counts(bench.labels.numpy(), 20, seed=1)
+    plain = alignment.alignment_measures(net, bench.images, bench.labels, device="cpu")
+    measures = alignment.alignment_measures(net, bench.images, bench.labels, device="cpu", counts=counts)
+    reps = measures.pop("replicates")
+    assert plain == measures  # counts add replicates and change nothing else
+    assert all(v.shape == (21,) and v[0] == measures[k] for k, v in reps.items())
+    grads = extract.loss_input_gradients(net, bench.images, bench.labels, device="cpu", progress=False).flatten(1)
+    with torch.no_grad():
+        preds = net(nets.prepare_inputs(net, bench.images)).argmax(1)
+    correct = (preds == bench.labels).double().numpy()
+    lab = bench.labels.numpy()
+    unit = torch.nn.functional.normalize(grads.double(), dim=1)
+    cos = (unit @ unit.T).numpy()
+    for r in range(20):
+        index = np.repeat(np.arange(len(lab)), counts[r])
+        assert reps["accuracy"][r + 1] == pytest.approx(correct[index].mean())
+        assert reps["input_grad_norm"][r + 1] == pytest.approx(grads.norm(dim=1).double().numpy()[index].mean())
+        # pairs of distinct drawn copies, class means averaged over classes
+        same = (lab[index][:, None] == lab[index][None, :]) & (index[:, None] != index[None, :])
+        class_means = [cos[np.ix_(index, index)][same & (lab[index][:, None] == c)].mean()
+                       for c in np.unique(lab) if (same & (lab[index][:, None] == c)).any()]
+        assert reps["input_grad_within"][r + 1] == pytest.approx(np.mean(class_means))
+    assert reps["input_grad_within"][0] == pytest.approx(similarity.pair_statistics(torch.as_tensor(cos), lab).within[0])
+    partition = KMeans(n_clusters=10, n_init=10, random_state=0).fit_predict(unit.numpy())
+    assert measures["ari_input_grad"] == pytest.approx(adjusted_rand_score(lab, partition))
+    drawn = counts[3] > 0
+    assert reps["ari_input_grad"][4] == pytest.approx(adjusted_rand_score(lab[drawn], partition[drawn]))

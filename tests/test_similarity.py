@@ -148,6 +148,9 @@ def test_pair_statistics_matches_loop_and_sklearn_auc():
         assert boot.within[r + 1] == pytest.approx(w)
         assert boot.between[r + 1] == pytest.approx(b)
         assert boot.auc[r + 1] == pytest.approx(a)
+    without_auc = similarity.pair_statistics(sims, labels, counts, with_auc=False)
+    assert np.array_equal(without_auc.within, boot.within) and np.array_equal(without_auc.between, boot.between)
+    assert np.isnan(without_auc.auc).all() and without_auc.auc.shape == boot.auc.shape
 
 
 def test_auc_counts_ties_one_half_and_is_bounded():
