@@ -23,6 +23,9 @@ Steps (reference settings from the public code nkondapa/RSVC, see METHODS.md):
    integrates the gradient of the cross-entropy and flips its sign, concept_integrated_gradients.py
    and its visualisation script).
 
+``compare_pair`` gathers everything the book measures for one class of a model pair (both
+directions, both importance scores, both standardisations), for any regime.
+
 Also: the pink-square known-difference pair (two tiny ResNets trained on benchmarks that differ
 only in where the magenta square is), grouped bootstrap intervals, and the layer-wise heatmap.
 """
