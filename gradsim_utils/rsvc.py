@@ -23,6 +23,9 @@ Steps (reference settings from the public code nkondapa/RSVC, see METHODS.md):
    integrates the gradient of the cross-entropy and flips its sign, concept_integrated_gradients.py
    and its visualisation script).
 
+``compare_pair`` gathers everything the book measures for one class of a model pair (both
+directions, both importance scores, both standardisations), for any regime.
+
 Also: the pink-square known-difference pair (two tiny ResNets trained on benchmarks that differ
 only in where the magenta square is), grouped bootstrap intervals, and the layer-wise heatmap.
 """
@@ -53,7 +56,8 @@ __all__ = [
     "patch_marker_coverage", "layer_activations", "Concepts", "fit_concepts", "nnls_coefficients",
     "STANDARDISATIONS", "IMPORTANCE_SCORES", "pearson_columns", "cross_validated_prediction",
     "held_out_similarity", "group_bootstrap_pearson", "max_correlation",
-    "concept_attributions", "ClassComparison", "compare_class", "compare_both_directions", "concept_purity",
+    "concept_attributions", "ClassComparison", "compare_class", "compare_both_directions", "PAIR_MEASURES",
+    "compare_pair", "concept_purity",
     "layerwise_similarity", "marker_benchmarks", "marker_models",
 ]
 
@@ -416,18 +420,51 @@ def compare_class(acts1, acts2, groups, n_concepts: int = 10, n_folds: int = 5, 
 
 def compare_both_directions(acts1, acts2, groups, n_concepts: int = 10, head1: nn.Module | None = None,
                             head2: nn.Module | None = None, target: int | None = None,
-                            **kwargs) -> tuple[ClassComparison, ClassComparison]:
+                            target2: int | None = None, **kwargs) -> tuple[ClassComparison, ClassComparison]:
     """:func:`compare_class` for 1 -> 2 (model 1's concepts predicted from model 2) and 2 -> 1, with
-    one NMF per model (each model's concepts also give the other direction's max-corr baseline)."""
+    one NMF per model (each model's concepts also give the other direction's max-corr baseline).
+    ``target``: the output of ``head1`` whose importance is integrated; ``target2``: that of
+    ``head2`` (default ``target``, for two models with the same classes)."""
     seed = kwargs.get("seed", 0)
     c1 = fit_concepts(_nonnegative(acts1, "acts1"), n_concepts, seed)
     c2 = fit_concepts(_nonnegative(acts2, "acts2"), n_concepts, seed)
     u2 = nnls_coefficients(acts2, c2.W)
     one = compare_class(acts1, acts2, groups, n_concepts, head=head1, target=target, coefficients2=u2,
                         concepts=c1, **kwargs)
-    two = compare_class(acts2, acts1, groups, n_concepts, head=head2, target=target,
+    two = compare_class(acts2, acts1, groups, n_concepts, head=head2,
+                        target=target if target2 is None else target2,
                         coefficients2=one.coefficients, concepts=c2, **kwargs)
     return one, two
+
+
+#: the per-concept measurements of :func:`compare_pair`, in its dicts' order
+PAIR_MEASURES = ("similarity", "ci_low", "ci_high", "ceiling", "max_corr", "importance",
+                 "importance (log-softmax)", "similarity (all rows z-scored)")
+
+
+def compare_pair(acts1, acts2, groups, n_concepts: int = 10, heads=(None, None), targets=(None, None),
+                 n_folds: int = 5, alpha: float = 0.1, ig_steps: int = 30, n_resamples: int = 1000,
+                 seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Everything the chapter measures for one class of a model pair, both directions (1 -> 2 first):
+    :func:`compare_both_directions` (similarity with its interval, ceiling, max-corr baseline, IG of
+    the class logit), the IG of the class log-softmax (the reference's score) and the similarity with
+    all rows z-scored before the folds (the reference's regression). ``heads[i]`` and ``targets[i]``:
+    model i's classifier on the pooled layer and the output scored for this class (both None: the
+    importances are NaN). Returns one dict per direction of per-concept arrays, keys
+    :data:`PAIR_MEASURES`."""
+    one, two = compare_both_directions(acts1, acts2, groups, n_concepts, head1=heads[0], head2=heads[1],
+                                       target=targets[0], target2=targets[1], n_folds=n_folds, alpha=alpha,
+                                       ig_steps=ig_steps, n_resamples=n_resamples, seed=seed)
+    out = []
+    for res, head, target, predictor in ((one, heads[0], targets[0], acts2), (two, heads[1], targets[1], acts1)):
+        missing = np.full(len(res.similarity), np.nan)
+        log_softmax = (concept_attributions(res.coefficients, res.concepts.W, head, target, ig_steps,
+                                            score="log_softmax").mean(0) if head is not None else missing)
+        out.append(dict(zip(PAIR_MEASURES, (
+            res.similarity, res.ci_low, res.ci_high, res.ceiling, res.max_corr,
+            res.importance if res.importance is not None else missing, log_softmax,
+            held_out_similarity(predictor, res.coefficients, groups, n_folds, alpha, "all_rows")))))
+    return out
 
 
 def concept_purity(coefficients, coverage, top: int = 20, threshold: float = 0.5) -> np.ndarray:

@@ -223,3 +223,31 @@ def test_log_softmax_integrated_gradients_match_captum_and_completeness():
         res.coefficients, res.concepts.W, head, 2, 30, "log_softmax").mean(0))
     with pytest.raises(ValueError, match="score"):
         rsvc.concept_attributions(U, W, head, target=2, score="softmax")
+
+
+def test_compare_pair_is_the_pieces_with_each_model_s_own_head_and_target():
+    U, W, groups, rng = _planted(n_images=10, per_image=4, k=3, c=12)
+    acts1, acts2 = U @ W, np.maximum(U @ rng.normal(size=(3, 9)), 0)
+    torch.manual_seed(0)
+    heads, targets = (nn.Linear(12, 6), nn.Linear(9, 4)), (5, 1)    # different classes per model
+    kw = dict(n_folds=5, alpha=0.1, ig_steps=20, n_resamples=50, seed=0)
+    one_to_two, two_to_one = rsvc.compare_pair(acts1, acts2, groups, 3, heads, targets, **kw)
+    assert list(one_to_two) == list(rsvc.PAIR_MEASURES)
+    one, two = rsvc.compare_both_directions(acts1, acts2, groups, 3, head1=heads[0], head2=heads[1],
+                                            target=5, target2=1, **kw)
+    for got, res, head, target, predictor in ((one_to_two, one, heads[0], 5, acts2), (two_to_one, two, heads[1], 1, acts1)):
+        for key in ("similarity", "ci_low", "ci_high", "ceiling", "max_corr", "importance"):
+            np.testing.assert_array_equal(got[key], getattr(res, key))
+        # importance of the logit of a linear head, exact: u_j (W w_t)_j (exercise 7.3)
+        exact = (res.coefficients * (res.concepts.W @ head.weight[target].detach().double().numpy())).mean(0)
+        np.testing.assert_allclose(got["importance"], exact, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(got["importance (log-softmax)"], rsvc.concept_attributions(
+            res.coefficients, res.concepts.W, head, target, 20, "log_softmax").mean(0))
+        np.testing.assert_allclose(got["similarity (all rows z-scored)"], rsvc.held_out_similarity(
+            predictor, res.coefficients, groups, 5, 0.1, "all_rows"))
+    same_target = rsvc.compare_both_directions(acts1, acts2, groups, 3, head1=heads[0], head2=heads[1],
+                                               target=1, **kw)[1]
+    np.testing.assert_allclose(same_target.importance, two.importance)   # target2 defaults to target
+    plain = rsvc.compare_pair(acts1, acts2, groups, 3, **kw)
+    assert all(np.isnan(d["importance"]).all() and np.isnan(d["importance (log-softmax)"]).all() for d in plain)
+    np.testing.assert_array_equal(plain[0]["similarity"], one_to_two["similarity"])
