@@ -160,7 +160,8 @@ def depends_on_setting(records: dict[str, dict]) -> bool:
 
 def regime_comparison(claims: list[dict]) -> pd.DataFrame:
     """A chapter's claims side by side: one row per claim, per recorded regime its number
-    (formatted with the claim's ``fmt``) and verdict, and whether the regimes agree (``depends_on_setting``)."""
+    (formatted with the claim's ``fmt``) and verdict, and whether the regimes agree ("yes"/"no",
+    ``depends_on_setting``; a dash for a claim judged in one regime only)."""
     regimes = regimes_recorded(claims)
     rows = []
     for claim_id, records in claims_by_id(claims).items():
@@ -171,7 +172,7 @@ def regime_comparison(claims: list[dict]) -> pd.DataFrame:
             shown = record is not None and _is_number(ours) and math.isfinite(ours)
             row[f"{r}: ours"] = f"{ours:{record['fmt']}}" if shown else DASH
             row[f"{r}: verdict"] = record["verdict"] if record else DASH
-        row["regimes agree"] = not depends_on_setting(records) if len(records) > 1 else None
+        row["regimes agree"] = ("no" if depends_on_setting(records) else "yes") if len(records) > 1 else DASH
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -158,8 +158,8 @@ def test_a_chapter_compares_its_regimes_claim_by_claim():
               _record("alone", "tiny", "reproduced", ours=float("nan"))]
     table = regime_comparison(claims).set_index("claim")
     assert list(table.columns) == ["tiny: ours", "tiny: verdict", "lite: ours", "lite: verdict", "regimes agree"]
-    assert table.loc["same", "lite: ours"] == "0.250" and table.loc["same", "regimes agree"]
-    assert not table.loc["differ", "regimes agree"] and table.loc["alone", "regimes agree"] is None
+    assert table.loc["same", "lite: ours"] == "0.250" and table.loc["same", "regimes agree"] == "yes"
+    assert table.loc["differ", "regimes agree"] == "no" and table.loc["alone", "regimes agree"] == DASH
     assert table.loc["alone", "tiny: ours"] == DASH and table.loc["alone", "lite: verdict"] == DASH
     assert agreement_text(claims) == ("the regimes agree on 1 of 2 claims; they differ on "
                                       "differ (tiny: not reproduced, lite: reproduced)")
