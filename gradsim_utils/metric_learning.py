@@ -29,7 +29,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import data, models, nets, profiles, provenance, training
+from . import data, extract, models, nets, profiles, provenance, training
 from .cache import cache_key, content_digest
 from .devices import get_device, place
 from .profiles import Profile
@@ -37,7 +37,7 @@ from .sfam import METRICS
 
 __all__ = ["CODE_VERSION", "TRAINING_FIELDS", "MetricConfig", "config_for_profile", "MetricModel", "build_metric_model",
            "episode_scores", "sample_episodes", "episode_accuracy", "train_metric_model",
-           "load_metric_model", "localisation_pairs", "FewShotData", "benchmark_novel", "CUB_FILES",
+           "load_metric_model", "localisation_pairs", "frozen_features", "FewShotData", "benchmark_novel", "CUB_FILES",
            "load_cub", "write_cub_folder", "cub_fingerprint", "FewShotSource", "fewshot_source"]
 
 # 2: contiguous training on CPU (devices.memory_format), the machine recorded in the metrics
@@ -217,6 +217,29 @@ def localisation_pairs(embeddings: torch.Tensor, labels: torch.Tensor, n_episode
     rows, target = torch.arange(len(query)), torch.randint(n_way, (len(query),), generator=generator)
     keep = correct[rows, target, 0]
     return {"query": query[rows, target, 0][keep], "support": support[rows, target][keep], "n_queries": len(query)}
+
+
+@torch.no_grad()
+def frozen_features(model: nn.Module, images: torch.Tensor, layer: str | None = None, batch_size: int = 64,
+                    device="auto") -> torch.Tensor:
+    """Feature maps ``A`` (N, C, h, w) of a frozen classifier used as a metric backbone, float32 on the CPU.
+
+    ``model`` comes from ``models.load_model`` (its ``gradsim_info`` gives the input size, the
+    normalisation and, for ``layer=None``, ``final_layer``: the tensor its global pooling averages,
+    ``layer4`` of a ResNet, ``bn2`` of an EfficientNet-Lite). One inference pass per batch in eval
+    mode (``extract.LayerTap``); pooling the result gives the embedding ``V = p(A)`` of seed 004.
+    """
+    dev = get_device(device)
+    layer = nets.model_info(model).final_layer if layer is None else layer
+    model.to(dev)
+    memory_format = place(model, dev, backward_enters_conv=False)
+    parts = []
+    with extract.frozen_eval(model), extract.LayerTap(model, layer, start_graph=False) as tap:
+        for start in range(0, len(images), batch_size):
+            tap.reset()
+            model(nets.prepare_inputs(model, images[start:start + batch_size], memory_format))
+            parts.append(tap.features.float().cpu())
+    return torch.cat(parts).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------

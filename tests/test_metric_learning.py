@@ -166,3 +166,20 @@ def test_sanity_cascade_bottom_up_matches_randomise_at_once():
         expected = sfam.rank_correlation(reference, sfam.pair_maps(feats(at_once), query, support, "euclidean",
                                                                    ("sfam",), 16)["sfam"])
         assert [r["spearman"] for r in records if r["stage"] == stage] == pytest.approx(expected.tolist())
+
+
+def test_frozen_features_are_what_the_classifier_pools():
+    """Oracle: the pooled final-layer maps through the linear head give the model's own logits."""
+    from gradsim_utils import models, nets
+    model = models.load_model("resnet18", weights=None, device="cpu", progress=False)
+    model.train()
+    images = torch.randint(0, 256, (5, 3, 40, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    features = ml.frozen_features(model, images, batch_size=2, device="cpu")
+    assert features.shape == (5, 512, 7, 7) and features.dtype == torch.float32 and features.min() >= 0
+    assert model.training and all(p.requires_grad for p in model.parameters())   # modes restored
+    with torch.no_grad():
+        logits = model.eval()(nets.prepare_inputs(model, images))
+    pooled_logits = sfam.pool(features) @ nets.classifier_weight(model).T + model.fc.bias
+    assert (pooled_logits - logits).abs().max() < 1e-4
+    early = ml.frozen_features(model, images[:2], layer="layer3", device="cpu")
+    assert early.shape == (2, 256, 14, 14)
