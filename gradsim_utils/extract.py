@@ -14,7 +14,7 @@ down to the input as well (d y_c / d x, seed 001's variant), which needs the ful
 from __future__ import annotations
 
 import difflib
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -164,6 +164,28 @@ def frozen_eval(model: nn.Module) -> Iterator[None]:
             module.training = flag
         for param, flag in requires_grad.items():
             param.requires_grad_(flag)
+
+
+@torch.no_grad()
+def layer_outputs(model: nn.Module, images, layers=(), batch_size: int = 64, device: str | torch.device = "auto",
+                  spatial_mean: bool = False, progress: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits (N, classes) and each of ``layers``' outputs (N, C, h, w), or their spatial means (N, C)
+    with ``spatial_mean``, float32 on the CPU, from one inference pass per batch (no gradients; eval
+    mode and frozen parameters for the call). ``images`` are uint8/float images for a model from
+    ``models.load_model`` (resized and normalised by ``nets.prepare_inputs``)."""
+    dev = get_device(device)
+    memory_format = place(model, dev, backward_enters_conv=False)
+    logits, out = [], {layer: [] for layer in layers}
+    with frozen_eval(model), ExitStack() as stack:
+        taps = [stack.enter_context(LayerTap(model, layer, start_graph=False)) for layer in layers]
+        for start in tqdm(range(0, len(images), batch_size), desc="inference", unit="batch", disable=not progress):
+            for tap in taps:
+                tap.reset()
+            x = nets.prepare_inputs(model, images[start:start + batch_size]).contiguous(memory_format=memory_format)
+            logits.append(model(x).float().cpu())
+            for tap in taps:
+                out[tap.name].append((tap.features.mean(dim=(2, 3)) if spatial_mean else tap.features).float().cpu())
+    return torch.cat(logits), {layer: torch.cat(parts).contiguous() for layer, parts in out.items()}
 
 
 def _has_non_finite(x: torch.Tensor) -> bool:

@@ -219,7 +219,6 @@ def localisation_pairs(embeddings: torch.Tensor, labels: torch.Tensor, n_episode
     return {"query": query[rows, target, 0][keep], "support": support[rows, target][keep], "n_queries": len(query)}
 
 
-@torch.no_grad()
 def frozen_features(model: nn.Module, images: torch.Tensor, layer: str | None = None, batch_size: int = 64,
                     device="auto") -> torch.Tensor:
     """Feature maps ``A`` (N, C, h, w) of a frozen classifier used as a metric backbone, float32 on the CPU.
@@ -227,19 +226,10 @@ def frozen_features(model: nn.Module, images: torch.Tensor, layer: str | None = 
     ``model`` comes from ``models.load_model`` (its ``gradsim_info`` gives the input size, the
     normalisation and, for ``layer=None``, ``final_layer``: the tensor its global pooling averages,
     ``layer4`` of a ResNet, ``bn2`` of an EfficientNet-Lite). One inference pass per batch in eval
-    mode (``extract.LayerTap``); pooling the result gives the embedding ``V = p(A)`` of seed 004.
+    mode (``extract.layer_outputs``); pooling the result gives the embedding ``V = p(A)`` of seed 004.
     """
-    dev = get_device(device)
     layer = nets.model_info(model).final_layer if layer is None else layer
-    model.to(dev)
-    memory_format = place(model, dev, backward_enters_conv=False)
-    parts = []
-    with extract.frozen_eval(model), extract.LayerTap(model, layer, start_graph=False) as tap:
-        for start in range(0, len(images), batch_size):
-            tap.reset()
-            model(nets.prepare_inputs(model, images[start:start + batch_size], memory_format))
-            parts.append(tap.features.float().cpu())
-    return torch.cat(parts).contiguous()
+    return extract.layer_outputs(model, images, [layer], batch_size, device)[1][layer]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ only in where the magenta square is), grouped bootstrap intervals, and the layer
 """
 from __future__ import annotations
 
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,11 +42,10 @@ from sklearn.model_selection import GroupKFold
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import data, extract, nets, provenance, training
 from .cache import cache_key, content_digest
-from .devices import get_device, place
+from .devices import get_device
 from .profiles import TINY_MODELS
 from .stats import image_bootstrap_counts, percentile_bounds
 
@@ -132,27 +130,12 @@ def patch_marker_coverage(patches: Patches, marker_masks: torch.Tensor) -> torch
 @torch.no_grad()
 def layer_activations(model: nn.Module, images: torch.Tensor, layers, batch_size: int = 128,
                       device: str | torch.device = "auto", progress: bool = False) -> dict[str, torch.Tensor]:
-    """Spatial mean of each layer's output, {layer: (N, C) float32 CPU}, from one pass per batch.
-
-    ``images`` are uint8/float images for a model from ``models.load_model`` (resized and
-    normalised by ``nets.prepare_inputs``). Hooks are ``extract.LayerTap`` (always removed).
-    """
+    """Spatial mean of each layer's output, {layer: (N, C) float32 CPU}, from one pass per batch
+    (``extract.layer_outputs``) of uint8/float images for a model from ``models.load_model``."""
     layers = [layers] if isinstance(layers, str) else list(layers)
     if not layers:
         raise ValueError("layers must name at least one layer")
-    dev = get_device(device)
-    memory_format = place(model, dev, backward_enters_conv=False)
-    model.eval()
-    out: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
-    with ExitStack() as stack:
-        taps = [stack.enter_context(extract.LayerTap(model, layer, start_graph=False)) for layer in layers]
-        for start in tqdm(range(0, len(images), batch_size), desc="activations", disable=not progress):
-            for tap in taps:
-                tap.reset()
-            model(nets.prepare_inputs(model, images[start:start + batch_size]).contiguous(memory_format=memory_format))
-            for tap in taps:
-                out[tap.name].append(tap.features.mean(dim=(2, 3)).float().cpu())
-    return {layer: torch.cat(parts) for layer, parts in out.items()}
+    return extract.layer_outputs(model, images, layers, batch_size, device, spatial_mean=True, progress=progress)[1]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
 
-from gradsim_utils import extract, nets
+from gradsim_utils import data, extract, models, nets
 
 TOL = 1e-5
 TARGETS = [3, 1, 4, 1]  # one per image; batch_size=3 makes batches of 3 and 1
@@ -351,3 +352,18 @@ def test_last_block_inner_conv_names_the_torchvision_layer(arch, expected):
     net = getattr(torchvision.models, arch)(weights=None)
     assert extract.last_block_inner_conv(net) == expected
     assert isinstance(extract.get_layer(net, expected), nn.Conv2d)
+
+
+def test_layer_outputs_match_torchvision_feature_extraction():
+    net = models.load_model("tiny-resnet18", "smoke", weights=None, device="cpu").train()
+    images = data.make_benchmark(n_per_class=1, split="analysis", seed=0, image_size=32).images
+    logits, maps = extract.layer_outputs(net, images, ["layer3", "layer4"], batch_size=3, device="cpu")
+    _, means = extract.layer_outputs(net, images, ["layer3"], batch_size=4, device="cpu", spatial_mean=True)
+    assert net.training and all(p.requires_grad for p in net.parameters())  # modes restored
+    with torch.no_grad():
+        oracle = create_feature_extractor(copy.deepcopy(net).eval(), ["layer3", "layer4", "fc"])(
+            nets.prepare_inputs(net, images))
+    torch.testing.assert_close(logits, oracle["fc"])
+    for layer in ("layer3", "layer4"):
+        torch.testing.assert_close(maps[layer], oracle[layer])
+    torch.testing.assert_close(means["layer3"], oracle["layer3"].mean(dim=(2, 3)))
