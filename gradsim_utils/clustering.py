@@ -41,7 +41,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, s
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
-from .stats import Estimate, image_bootstrap_counts, paired_difference, percentile_interval
+from .stats import Estimate, image_bootstrap_counts, paired_difference, percentile_interval, pool_seeds
 
 __all__ = ["METHODS", "SCORES", "SEED000_CLUSTERING", "prepare", "cluster", "silhouette",
            "partition_scores", "ClusterResult", "evaluate_clustering", "evaluate_partition",
@@ -163,6 +163,14 @@ class ClusterResult:
 
     labels: np.ndarray
     values: dict[str, np.ndarray]
+
+    @classmethod
+    def pooled(cls, per_seed: "list[ClusterResult]", draws: np.ndarray) -> "ClusterResult":
+        """Results of several training runs on the same images, resamples and bootstrap seed,
+        pooled over the runs by ``stats.pool_seeds`` (``draws`` from ``stats.seed_draws``);
+        ``labels`` are the first run's."""
+        return cls(labels=per_seed[0].labels,
+                   values={s: pool_seeds([r.values[s] for r in per_seed], draws) for s in per_seed[0].values})
 
     def estimate(self, score: str, level: float = 0.95) -> Estimate:
         """``score`` (one of ``SCORES``) with its percentile interval over the replicates."""

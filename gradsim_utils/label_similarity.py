@@ -21,7 +21,7 @@ from scipy import stats as _scipy_stats
 
 from .class_statistics import ClassStats, welch_from_sums
 from .similarity import cosine_matrix
-from .stats import Estimate, image_bootstrap_counts, paired_difference, percentile_interval
+from .stats import Estimate, image_bootstrap_counts, paired_difference, percentile_interval, pool_seeds
 
 __all__ = ["cosine_rows", "similarity_matrices", "top_k_similar", "spearman_agreement", "precision_at_k",
            "chance_precision", "Agreement", "difference_estimate", "bootstrap_agreement"]
@@ -145,6 +145,18 @@ class Agreement:
     k: int
     level: float = 0.95
     matrices: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def pooled(cls, per_seed: "list[Agreement]", draws: np.ndarray) -> "Agreement":
+        """Agreements of several training runs on the same resampled images, pooled over the runs
+        by ``stats.pool_seeds`` (``draws`` (n_resamples, runs) from ``stats.seed_draws``); the
+        matrices are the first run's."""
+        first = per_seed[0]
+        pooled = {key: pool_seeds([np.concatenate([[a.point[key]], a.samples[key]]) for a in per_seed], draws)
+                  for key in first.point}
+        return cls(point={key: float(v[0]) for key, v in pooled.items()},
+                   samples={key: v[1:] for key, v in pooled.items()},
+                   k=first.k, level=first.level, matrices=first.matrices)
 
     def estimate(self, method: str, metric: str) -> Estimate:
         """The point value with its percentile interval."""

@@ -29,7 +29,7 @@ from torch import nn
 from . import data, training
 from .devices import get_device
 from .nets import ModelInfo, build_tiny_resnet, model_info
-from .profiles import TINY_MODELS, TORCHVISION_MODELS, Profile, chapter_settings, get_profile
+from .profiles import TINY_MODELS, TORCHVISION_MODELS, Profile, chapter_settings, get_profile, training_seeds
 
 __all__ = [
     "MODEL_NAMES", "LiteModel", "LITE_MODELS", "WeightsUnavailableError", "hub_checkpoint_path", "load_model",
@@ -214,14 +214,14 @@ def _random_tiny(name: str, profile: Profile, seed: int) -> tuple[nn.Module, Mod
 
 
 def _trained_tiny(name: str, profile: Profile, seed: int, device: torch.device,
-                  progress: bool) -> tuple[nn.Module, ModelInfo]:
+                  progress: bool, train_seed: int | None) -> tuple[nn.Module, ModelInfo]:
     """A tiny ResNet trained on the benchmark, from the cache or trained now (and cached)."""
     def train() -> dict:
-        state_dict, metrics = training.train_tiny_resnet(name, profile, seed, device, progress)
+        state_dict, metrics = training.train_tiny_resnet(name, profile, seed, device, progress, train_seed)
         return {"state_dict": state_dict, "metrics": metrics}
 
     model, entry = training.cached_model(
-        "models", training.model_cache_key(name, profile, seed),
+        "models", training.model_cache_key(name, profile, seed, train_seed),
         lambda: build_tiny_resnet(name, len(data.benchmark_class_names()), profile.base_width), train)
     metrics = entry["metrics"]
     return model, training.benchmark_info(name, profile.image_size, metrics["class_names"], "trained", metrics)
@@ -236,7 +236,7 @@ def _as_profile(profile: str | Profile) -> Profile:
 
 def load_model(name: str, profile: str | Profile = "quick", weights: str | None = "default",
                checkpoint: str | Path | None = None, device: str | torch.device = "auto",
-               seed: int = 0, progress: bool = True) -> nn.Module:
+               seed: int = 0, progress: bool = True, train_seed: int | None = None) -> nn.Module:
     """Load model ``name`` in eval mode on ``device``, with ``model.gradsim_info`` set.
 
     weights: for ``resnetNN`` a torchvision weights name (``"IMAGENET1K_V1"``), ``None`` for random
@@ -245,6 +245,8 @@ def load_model(name: str, profile: str | Profile = "quick", weights: str | None 
     For ``tiny-resnetNN``, ``"default"`` (or ``"trained"``) trains on the benchmark with the
     profile's settings (cached), ``None`` gives random weights. For ``efficientnet-liteN``,
     ``"default"`` (or ``"IMAGENET1K"``) loads the shipped ImageNet weights, ``None`` random ones.
+    ``train_seed`` (trained tiny ResNets only; None: ``seed``) seeds the initialisation and batch
+    order while ``seed`` draws the benchmark images.
     """
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose one of {list(MODEL_NAMES)}")
@@ -261,7 +263,7 @@ def load_model(name: str, profile: str | Profile = "quick", weights: str | None 
         if weights not in ("default", "trained", None):
             raise ValueError(f"{name}: weights must be 'default'/'trained' or None, got {weights!r}")
         model, info = (_random_tiny(name, prof, seed) if weights is None
-                       else _trained_tiny(name, prof, seed, dev, progress))
+                       else _trained_tiny(name, prof, seed, dev, progress, train_seed))
     model = model.to(dev).eval()
     model.gradsim_info = info
     return model
@@ -309,27 +311,35 @@ def class_logit_indices(model: nn.Module, class_names) -> list[int]:
 
 
 class RegimeRun(NamedTuple):
-    """One model of a regime with the images it analyses (the benchmark at its input size)."""
+    """One model of a regime with the images it analyses (the benchmark at its input size);
+    ``train_seed`` names the training run of a trained tiny ResNet (None for other models)."""
 
     name: str
     model: nn.Module
     dataset: data.Benchmark | data.ImageFolder
+    train_seed: int | None = None
 
 
 def regime_runs(profile: str | Profile, regime: str | None = None, device: str | torch.device = "auto",
-                seed: int = 0, progress: bool = True) -> Iterator[RegimeRun]:
+                seed: int = 0, progress: bool = True, train_seeds: Sequence[int] | None = None) -> Iterator[RegimeRun]:
     """The models of ``regime`` one at a time, each with its analysis images (DESIGN.md section 5a).
 
     ``None`` or the profile's own ``regime``: the profile's models on its analysis data (one
-    dataset shared by all). "lite": the profile's ``lite`` settings, each pretrained Lite model on
-    ``n_analysis_per_class`` benchmark images per class rendered at its own input size.
+    dataset shared by all); trained tiny ResNets once per training seed in ``train_seeds`` (None:
+    ``profiles.training_seeds(profile, seed)``), model by model, all on the same images. "lite":
+    the profile's ``lite`` settings, each pretrained Lite model on ``n_analysis_per_class``
+    benchmark images per class rendered at its own input size.
     """
     prof = _as_profile(profile)
     regime = prof.regime if regime is None else regime
     if regime == prof.regime:
         dataset = data.load_profile_data(prof, split="analysis", seed=seed, device=device)
+        trained = prof.regime == "tiny"
+        seeds = (training_seeds(prof, seed) if train_seeds is None else tuple(train_seeds)) if trained else (None,)
         for name in prof.models:
-            yield RegimeRun(name, load_model(name, prof, device=device, seed=seed, progress=progress), dataset)
+            for train_seed in seeds:
+                model = load_model(name, prof, device=device, seed=seed, progress=progress, train_seed=train_seed)
+                yield RegimeRun(name, model, dataset, train_seed)
     elif regime == "lite":
         settings = chapter_settings(prof, "lite")
         for name in settings["models"]:
@@ -342,8 +352,8 @@ def regime_runs(profile: str | Profile, regime: str | None = None, device: str |
 
 
 def models_for_profile(profile: str | Profile, device: str | torch.device = "auto", seed: int = 0,
-                       progress: bool = True) -> list[tuple[str, nn.Module]]:
+                       progress: bool = True, train_seed: int | None = None) -> list[tuple[str, nn.Module]]:
     """``(name, model)`` for every model the profile lists, loaded with its default weights."""
     prof = _as_profile(profile)
-    return [(name, load_model(name, prof, device=device, seed=seed, progress=progress))
+    return [(name, load_model(name, prof, device=device, seed=seed, progress=progress, train_seed=train_seed))
             for name in prof.models]

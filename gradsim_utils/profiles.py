@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field, replace
 
-__all__ = ["Profile", "PROFILES", "get_profile", "chapter_settings"]
+__all__ = ["Profile", "PROFILES", "get_profile", "training_seeds", "chapter_settings"]
 
 TINY_MODELS = tuple(f"tiny-resnet{d}" for d in (18, 34, 50, 101, 152))
 TORCHVISION_MODELS = tuple(f"resnet{d}" for d in (18, 34, 50, 101, 152))
@@ -25,7 +25,8 @@ class Profile:
     data: "benchmark" (controlled, offline), "diffusion" (Stable Diffusion images) or
     "diffusion-dryrun" (a tiny random diffusers pipeline). weights: torchvision weights name for
     the ImageNet models, or None for random weights. regime: the key of ``report.REGIMES`` that the
-    profile's own models and data form ("tiny" or "paper"). extra: per-chapter settings,
+    profile's own models and data form ("tiny" or "paper"). n_training_seeds: how many training runs
+    of each tiny ResNet the chapters pool (:func:`training_seeds`). extra: per-chapter settings,
     ``{chapter: {setting: value}}`` (see :func:`chapter_settings`); left out of the hash.
     """
 
@@ -42,6 +43,7 @@ class Profile:
     diffusion_model: str | None = None
     diffusion_steps: int = 30
     regime: str = "tiny"
+    n_training_seeds: int = 1
     extra: dict = field(default_factory=dict, hash=False)
 
 
@@ -69,7 +71,7 @@ _LITE_SMOKE = dict(models=LITE_MODEL_NAMES[:2], n_analysis_per_class=4)  # two: 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", data="benchmark", models=("tiny-resnet18", "tiny-resnet50"),
-        image_size=32, n_train_per_class=20, n_analysis_per_class=6, epochs=1,
+        image_size=32, n_train_per_class=20, n_analysis_per_class=6, epochs=1, n_training_seeds=2,
         extra={"sfam": {**_SFAM, "backbones": _TINY_METRIC, "image_size": 32, "base_width": 8,
                         "n_train_per_class": 20, "train_steps": 3, "train_shot": 2, "train_query": 2,
                         "n_eval_per_class": 8, "n_episodes": 100, "n_loc_episodes": 60, "n_sanity_pairs": 8},
@@ -79,7 +81,8 @@ PROFILES: dict[str, Profile] = {
     ),
     "quick": Profile(
         name="quick", data="benchmark", models=TINY_MODELS,
-        image_size=32, n_train_per_class=500, n_analysis_per_class=50, epochs=2,
+        image_size=32, n_train_per_class=400, n_analysis_per_class=50, epochs=2, base_width=8,
+        n_training_seeds=3,
         extra={"sfam": {**_SFAM, "backbones": _TINY_METRIC, "image_size": 64, "base_width": 8,
                         "n_train_per_class": 300, "train_steps": 120, "n_eval_per_class": 80,
                         "n_episodes": 1000, "n_loc_episodes": 1000, "n_sanity_pairs": 48},
@@ -119,6 +122,13 @@ def get_profile(name: str = "quick", **overrides) -> Profile:
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
     return replace(PROFILES[name], **overrides)
+
+
+def training_seeds(profile: str | Profile, seed: int = 0) -> tuple[int, ...]:
+    """The training seeds of a profile's tiny ResNets: ``seed, seed + 1, ...`` (``n_training_seeds``
+    of them). The first equals the data seed, so its models are the ones a single run trains."""
+    prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    return tuple(seed + k for k in range(prof.n_training_seeds))
 
 
 def chapter_settings(profile: str | Profile, chapter: str, **overrides) -> dict:

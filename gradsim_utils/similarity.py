@@ -17,7 +17,7 @@ import numba
 import numpy as np
 import torch
 
-from .stats import Estimate, paired_difference, percentile_interval
+from .stats import Estimate, paired_difference, percentile_interval, pool_seeds
 
 __all__ = [
     "cosine_matrix",
@@ -235,6 +235,13 @@ class PairStatistics:
     within: np.ndarray
     between: np.ndarray
     auc: np.ndarray
+
+    @classmethod
+    def pooled(cls, per_seed: "list[PairStatistics]", draws: np.ndarray) -> "PairStatistics":
+        """Statistics of several training runs on the same images and resamples, pooled over the
+        runs by ``stats.pool_seeds`` (``draws`` from ``stats.seed_draws``): mean over runs, with
+        replicates that resample runs as well as images."""
+        return cls(**{f: pool_seeds([getattr(p, f) for p in per_seed], draws) for f in ("within", "between", "auc")})
 
     def estimate(self, field: str, level: float = 0.95) -> Estimate:
         """``field`` ("within", "between", "auc") with its percentile bootstrap interval."""

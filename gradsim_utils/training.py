@@ -83,11 +83,13 @@ def _check_profile(profile: Profile) -> None:
         raise ValueError(f"profile {profile.name!r} cannot train tiny ResNets: {bad} must be integers >= 1")
 
 
-def model_cache_key(name: str, profile: Profile, seed: int) -> str:
-    """Hash of everything that determines the weights and metrics of a trained tiny ResNet."""
+def model_cache_key(name: str, profile: Profile, seed: int, train_seed: int | None = None) -> str:
+    """Hash of everything that determines the weights and metrics of a trained tiny ResNet: ``seed``
+    draws the images, ``train_seed`` (None: ``seed``) the initialisation and the batch order."""
     _check_name(name)
     _check_profile(profile)
-    return cache_key(
+    runs = {} if train_seed is None or train_seed == seed else {"train_seed": train_seed}
+    return cache_key(**runs,
         step="tiny-resnet", code_version=CODE_VERSION, name=name, seed=seed, recipe=RECIPE,
         image_size=profile.image_size, n_train_per_class=profile.n_train_per_class,
         n_analysis_per_class=profile.n_analysis_per_class, epochs=profile.epochs,
@@ -125,8 +127,11 @@ def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, n_classes: int) 
 
 
 def train_tiny_resnet(name: str, profile: Profile, seed: int = 0, device: str | torch.device = "auto",
-                      progress: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+                      progress: bool = True, train_seed: int | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """Train ``name`` on the benchmark's train split; evaluate on its analysis split.
+
+    ``seed`` draws both splits; ``train_seed`` (None: ``seed``) the initialisation and the batch
+    order, so runs with different training seeds see the same images.
 
     Returns the state dict (on the CPU) and metrics: analysis accuracy (overall and per class),
     the confusion matrix, training seconds (optimisation only), images per second, the number of
@@ -141,9 +146,10 @@ def train_tiny_resnet(name: str, profile: Profile, seed: int = 0, device: str | 
     analysis = data.make_benchmark(n_per_class=profile.n_analysis_per_class, split="analysis",
                                    seed=seed, image_size=profile.image_size)
     n_classes = len(train.class_names)
-    generator = torch.Generator().manual_seed(seed)
+    run_seed = seed if train_seed is None else train_seed
+    generator = torch.Generator().manual_seed(run_seed)
     with torch.random.fork_rng(devices=[]), cpu_threads():
-        torch.manual_seed(seed)
+        torch.manual_seed(run_seed)
         zero_init = resnet_depth(name) >= RECIPE["zero_init_min_depth"]
         model = build_tiny_resnet(name, n_classes, profile.base_width, zero_init_residual=zero_init)
         seconds, (loss,), n_seen = fit(model, train.images, train.labels, epochs=profile.epochs,

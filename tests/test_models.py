@@ -98,6 +98,22 @@ def test_cache_key_changes_with_name_seed_and_code_version(monkeypatch):
     assert training.model_cache_key("tiny-resnet18", prof, seed=0) != key
 
 
+def test_training_seeds_change_the_weights_not_the_images(smoke_models):
+    prof = profiles.get_profile("smoke")
+    assert profiles.training_seeds(prof, seed=3) == (3, 4) and profiles.get_profile("paper").n_training_seeds == 1
+    assert training.model_cache_key("tiny-resnet18", prof, 0, train_seed=0) == training.model_cache_key(
+        "tiny-resnet18", prof, 0)  # the first training seed keeps the single run's cache key
+    assert training.model_cache_key("tiny-resnet18", prof, 0, train_seed=1) != training.model_cache_key(
+        "tiny-resnet18", prof, 0)
+    runs = list(models.regime_runs(prof, device="cpu", progress=False))  # model by model, each seed
+    assert [(r.name, r.train_seed) for r in runs] == [(n, s) for n in prof.models for s in (0, 1)]
+    assert all(r.dataset is runs[0].dataset for r in runs)
+    first, second = runs[0].model, runs[1].model
+    assert torch.equal(first.conv1.weight, dict(smoke_models[0])["tiny-resnet18"].conv1.weight)
+    assert not torch.equal(first.conv1.weight, second.conv1.weight)
+    assert [r.train_seed for r in models.regime_runs(prof, "lite", device="cpu", progress=False)] == [None, None]
+
+
 def test_random_torchvision_weights_are_reproducible():
     torch.manual_seed(123)
     expected_next = torch.rand(3)
@@ -260,8 +276,9 @@ def test_lite_regime_renders_the_benchmark_at_each_model_input_size(monkeypatch)
 
 
 def test_profile_regime_shares_one_dataset_and_unknown_regimes_are_named(smoke_models):
-    runs = list(models.regime_runs("smoke", device="cpu", progress=False))
+    runs = list(models.regime_runs("smoke", device="cpu", progress=False, train_seeds=(0,)))
     assert [run.name for run in runs] == list(profiles.get_profile("smoke").models)
+    assert [run.train_seed for run in runs] == [0, 0]
     assert runs[0].dataset is runs[1].dataset and runs[0].dataset.images.shape[-1] == 32
     info = runs[0].model.gradsim_info
     assert (info.final_layer, info.middle_layer, info.classifier) == ("layer4", "layer3", "fc")

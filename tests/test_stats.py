@@ -207,3 +207,38 @@ def test_a_ranking_that_holds_on_one_seed_only_is_not_certain_when_pooled():
     pooled = {m: pool_seeds(v, draws) for m, v in per_seed.items()}
     gap = runner_up_gap({m: v[0] for m, v in pooled.items()}, {m: v[1:] for m, v in pooled.items()}, "A")
     assert gap.low < 0 < gap.high
+
+
+def test_result_objects_pool_training_runs_field_by_field():
+    from gradsim_utils.clustering import ClusterResult
+    from gradsim_utils.label_similarity import Agreement
+    from gradsim_utils.similarity import PairStatistics
+    rng = np.random.default_rng(0)
+    n_res = 50
+    draws = seed_draws(3, n_res, seed=2)
+    runs = [PairStatistics(*rng.normal(size=(3, 1 + n_res))) for _ in range(3)]
+    pooled = PairStatistics.pooled(runs, draws)
+    for field in ("within", "between", "auc"):
+        expected = [np.mean([getattr(runs[s], field)[0] for s in range(3)])]
+        expected += [np.mean([getattr(runs[s], field)[r] for s in draws[r - 1]]) for r in range(1, 1 + n_res)]
+        np.testing.assert_allclose(getattr(pooled, field), expected)
+    np.testing.assert_array_equal(PairStatistics.pooled(runs[:1], seed_draws(1, n_res)).auc, runs[0].auc)
+    # the difference of pooled statistics is the pooled difference (paired over runs and images)
+    other = [PairStatistics(*rng.normal(size=(3, 1 + n_res))) for _ in range(3)]
+    diff = pooled.difference(PairStatistics.pooled(other, draws), "within")
+    direct = pool_seeds([a.within - b.within for a, b in zip(runs, other)], draws)
+    assert diff.value == pytest.approx(direct[0]) and diff.low == pytest.approx(np.percentile(direct[1:], 2.5))
+
+    clusters = [ClusterResult(labels=np.full(4, s), values={"ARI": rng.normal(size=1 + n_res)}) for s in range(3)]
+    pooled_clusters = ClusterResult.pooled(clusters, draws)
+    np.testing.assert_allclose(pooled_clusters.values["ARI"], pool_seeds([c.values["ARI"] for c in clusters], draws))
+    assert (pooled_clusters.labels == 0).all()
+
+    agreements = [Agreement(point={("gw", "spearman"): float(s)}, samples={("gw", "spearman"): rng.normal(size=n_res)},
+                            k=5, matrices={"gw": np.eye(2) * s}) for s in range(3)]
+    pooled_agreement = Agreement.pooled(agreements, draws)
+    assert pooled_agreement.point[("gw", "spearman")] == pytest.approx(1.0) and pooled_agreement.k == 5
+    np.testing.assert_allclose(pooled_agreement.samples[("gw", "spearman")],
+                               [np.mean([agreements[s].samples[("gw", "spearman")][r] for s in draws[r]])
+                                for r in range(n_res)])
+    assert (pooled_agreement.matrices["gw"] == 0).all()
