@@ -81,7 +81,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "quick": Profile(
         name="quick", data="benchmark", models=TINY_MODELS,
-        image_size=32, n_train_per_class=400, n_analysis_per_class=50, epochs=2, base_width=8,
+        image_size=32, n_train_per_class=500, n_analysis_per_class=50, epochs=2,
         n_training_seeds=3,
         extra={"sfam": {**_SFAM, "backbones": _TINY_METRIC, "image_size": 64, "base_width": 8,
                         "n_train_per_class": 300, "train_steps": 120, "n_eval_per_class": 80,
