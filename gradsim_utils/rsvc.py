@@ -562,22 +562,25 @@ def _schedule_key(name, epochs, batch_size, base_width, seed) -> dict:
 def marker_models(name: str, marker_class: int, marker_rate: float, n_train_per_class: int,
                   analysis: data.Benchmark, epochs: int = 3, batch_size: int = 64, base_width: int = 16,
                   seed: int = 0, device: str | torch.device = "auto",
-                  progress: bool = True) -> tuple[nn.Module, nn.Module]:
+                  progress: bool = True, train_seed: int | None = None) -> tuple[nn.Module, nn.Module]:
     """Models A and B of the known-difference test (training sets of :func:`marker_benchmarks`),
     cached under the settings and a fingerprint of the renderer (a few images with and without the
-    square), so a warm run renders no training image."""
+    square), so a warm run renders no training image. ``seed`` draws the images, ``train_seed``
+    (None: ``seed``) the shared initialisation and batch order of A and B."""
     _check_schedule(name, epochs, batch_size, base_width)
     size = analysis.images.shape[-1]
     probe = data.make_benchmark(1, "train", seed=seed, image_size=size, marker_class=marker_class,
                                 marker_rate=1.0)
     renderer = content_digest(probe.images, probe.marker_masks)[:16] + training.benchmark_fingerprint(seed, size)
+    run_seed = seed if train_seed is None else train_seed
+    runs = {} if run_seed == seed else {"train_seed": run_seed}  # the first run keeps its cache key
     out = []
     for mode in ("class", "random"):
-        key = cache_key(step="rsvc-marker-model", **_schedule_key(name, epochs, batch_size, base_width, seed),
+        key = cache_key(step="rsvc-marker-model", **_schedule_key(name, epochs, batch_size, base_width, seed), **runs,
                         mode=mode, marker_class=marker_class, marker_rate=marker_rate,
                         n_train_per_class=n_train_per_class, image_size=size, renderer=renderer,
                         evaluation=content_digest(analysis.images, analysis.labels)[:16])
         make = (lambda m=mode: _marker_train_set(m, marker_class, marker_rate, n_train_per_class, size, seed))
-        out.append(_cached_training(key, name, make, analysis, epochs, batch_size, base_width, seed,
+        out.append(_cached_training(key, name, make, analysis, epochs, batch_size, base_width, run_seed,
                                     get_device(device), progress))
     return out[0], out[1]

@@ -14,13 +14,13 @@ with it, ResNet-18 and -50 learnt the one class pair that differs only in shape
 Horizontal flips changed nothing measurable and are not used.
 
 The chapters pool several training runs per model (``train_seed``: initialisation and batch
-order; ``profiles.training_seeds``). Cheaper settings for those runs were measured on an Intel
-Xeon (AVX-512, 2 cores) and rejected by the 90 % analysis-accuracy floor: at base width 8
-ResNet-34 reached 0.902 / 0.916 / 0.886 (training seeds 0-2, 400 images per class) and 0.94 /
-0.89 / 0.892 (500 per class), ResNet-50 0.918 / 0.914 / 0.976 (400), all losing the shape-only
-pair; base width 12 (0.96 / 0.948 / 0.966 for ResNet-34) trains no faster than 16 on that CPU
-(26 against 28 s; probably because oneDNN works in channel blocks of 8 or 16). So the quick
-profile keeps width 16 and 500 images per class and pays for every run.
+order; ``profiles.training_seeds``). Measured on an Intel Xeon (AVX-512, 2 cores), quick sizes,
+ResNet-34's analysis accuracy over training seeds 0-2: base width 16, 500 images per class (the
+quick profile) 0.958 / 0.944 / 0.898; width 12: 0.96 / 0.948 / 0.966, but no faster than 16 on that
+CPU (26 against 28 s; probably because oneDNN works in channel blocks of 8 or 16); width 8 (2.3x
+faster): 0.94 / 0.89 / 0.892, and 0.902 / 0.916 / 0.886 with 400 images per class. Every miss is
+the shape-only pair. Width 12 is the candidate fix for the one run below 90 %; the other depths
+have not been measured at width 12.
 
 :func:`model_cache_key` hashes everything that determines the trained weights; ``models.py``
 caches ``train_tiny_resnet``'s result under it. The networks are ``nets.build_tiny_resnet``'s; the

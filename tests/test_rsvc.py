@@ -251,3 +251,17 @@ def test_compare_pair_is_the_pieces_with_each_model_s_own_head_and_target():
     plain = rsvc.compare_pair(acts1, acts2, groups, 3, **kw)
     assert all(np.isnan(d["importance"]).all() and np.isnan(d["importance (log-softmax)"]).all() for d in plain)
     np.testing.assert_array_equal(plain[0]["similarity"], one_to_two["similarity"])
+
+
+def test_marker_models_training_seed_changes_the_weights_not_the_cache_of_the_first_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADSIM_CACHE", str(tmp_path))
+    _, _, analysis, _ = rsvc.marker_benchmarks(0, 0.5, 7, 2, 32, 0, include_train=False)
+    kw = dict(epochs=1, seed=0, device="cpu", progress=False)
+    first = rsvc.marker_models("tiny-resnet18", 0, 0.5, 7, analysis, **kw)
+    n_cached = len(list((tmp_path / "models").iterdir()))
+    again = rsvc.marker_models("tiny-resnet18", 0, 0.5, 7, analysis, train_seed=0, **kw)
+    assert len(list((tmp_path / "models").iterdir())) == n_cached == 2  # train_seed == seed: the same entries
+    other = rsvc.marker_models("tiny-resnet18", 0, 0.5, 7, analysis, train_seed=1, **kw)
+    assert len(list((tmp_path / "models").iterdir())) == 4
+    for a, b, c in zip(first, again, other):
+        assert torch.equal(a.conv1.weight, b.conv1.weight) and not torch.equal(a.conv1.weight, c.conv1.weight)
