@@ -64,6 +64,15 @@ def top_k_similar(sim, k: int) -> np.ndarray:
     return np.argsort(-masked, axis=1, kind="stable")[:, :k]
 
 
+
+def top_k_overlap(sim_a, sim_b, k: int) -> np.ndarray:
+    """Per class, the share of its ``k`` most similar other classes (``top_k_similar``) that the two
+    class-similarity matrices have in common: an array (C,) of values in {0, 1/k, ..., 1}."""
+    top_a, top_b = top_k_similar(sim_a, k), top_k_similar(sim_b, k)
+    if top_a.shape != top_b.shape:
+        raise ValueError(f"sim_a and sim_b have different class counts: {len(top_a)} vs {len(top_b)}")
+    return np.array([len(set(a) & set(b)) / k for a, b in zip(top_a, top_b)])
+
 def _upper(sim: np.ndarray) -> np.ndarray:
     i, j = np.triu_indices(sim.shape[-1], k=1)
     return sim[..., i, j]
