@@ -23,8 +23,8 @@ from .class_statistics import ClassStats, welch_from_sums
 from .similarity import cosine_matrix
 from .stats import Estimate, image_bootstrap_counts, paired_difference, percentile_interval, pool_seeds
 
-__all__ = ["cosine_rows", "similarity_matrices", "top_k_similar", "spearman_agreement", "precision_at_k",
-           "chance_precision", "Agreement", "difference_estimate", "bootstrap_agreement"]
+__all__ = ["cosine_rows", "similarity_matrices", "top_k_similar", "top_k_overlap", "spearman_agreement",
+           "precision_at_k", "chance_precision", "Agreement", "difference_estimate", "bootstrap_agreement"]
 
 
 def cosine_rows(vectors) -> np.ndarray:
@@ -64,7 +64,6 @@ def top_k_similar(sim, k: int) -> np.ndarray:
     return np.argsort(-masked, axis=1, kind="stable")[:, :k]
 
 
-
 def top_k_overlap(sim_a, sim_b, k: int) -> np.ndarray:
     """Per class, the share of its ``k`` most similar other classes (``top_k_similar``) that the two
     class-similarity matrices have in common: an array (C,) of values in {0, 1/k, ..., 1}."""
@@ -72,6 +71,7 @@ def top_k_overlap(sim_a, sim_b, k: int) -> np.ndarray:
     if top_a.shape != top_b.shape:
         raise ValueError(f"sim_a and sim_b have different class counts: {len(top_a)} vs {len(top_b)}")
     return np.array([len(set(a) & set(b)) / k for a, b in zip(top_a, top_b)])
+
 
 def _upper(sim: np.ndarray) -> np.ndarray:
     i, j = np.triu_indices(sim.shape[-1], k=1)

@@ -352,8 +352,8 @@ def regime_runs(profile: str | Profile, regime: str | None = None, device: str |
 
 
 def models_for_profile(profile: str | Profile, device: str | torch.device = "auto", seed: int = 0,
-                       progress: bool = True, train_seed: int | None = None) -> list[tuple[str, nn.Module]]:
+                       progress: bool = True) -> list[tuple[str, nn.Module]]:
     """``(name, model)`` for every model the profile lists, loaded with its default weights."""
     prof = _as_profile(profile)
-    return [(name, load_model(name, prof, device=device, seed=seed, progress=progress, train_seed=train_seed))
+    return [(name, load_model(name, prof, device=device, seed=seed, progress=progress))
             for name in prof.models]

@@ -572,15 +572,14 @@ def marker_models(name: str, marker_class: int, marker_rate: float, n_train_per_
     probe = data.make_benchmark(1, "train", seed=seed, image_size=size, marker_class=marker_class,
                                 marker_rate=1.0)
     renderer = content_digest(probe.images, probe.marker_masks)[:16] + training.benchmark_fingerprint(seed, size)
-    run_seed = seed if train_seed is None else train_seed
-    runs = {} if run_seed == seed else {"train_seed": run_seed}  # the first run keeps its cache key
     out = []
     for mode in ("class", "random"):
-        key = cache_key(step="rsvc-marker-model", **_schedule_key(name, epochs, batch_size, base_width, seed), **runs,
+        key = cache_key(step="rsvc-marker-model", **_schedule_key(name, epochs, batch_size, base_width, seed),
+                        **training.run_key(seed, train_seed),
                         mode=mode, marker_class=marker_class, marker_rate=marker_rate,
                         n_train_per_class=n_train_per_class, image_size=size, renderer=renderer,
                         evaluation=content_digest(analysis.images, analysis.labels)[:16])
         make = (lambda m=mode: _marker_train_set(m, marker_class, marker_rate, n_train_per_class, size, seed))
-        out.append(_cached_training(key, name, make, analysis, epochs, batch_size, base_width, run_seed,
-                                    get_device(device), progress))
+        out.append(_cached_training(key, name, make, analysis, epochs, batch_size, base_width,
+                                    training.run_seed(seed, train_seed), get_device(device), progress))
     return out[0], out[1]

@@ -51,7 +51,7 @@ from .profiles import TINY_MODELS, Profile
 
 __all__ = ["CODE_VERSION", "RECIPE", "benchmark_fingerprint", "cpu_threads",
            "check_batches", "cross_entropy_step", "optimise", "fit", "one_cycle",
-           "model_cache_key", "confusion_matrix", "evaluate", "train_tiny_resnet",
+           "run_seed", "run_key", "model_cache_key", "confusion_matrix", "evaluate", "train_tiny_resnet",
            "cpu_state", "cached_model", "benchmark_info"]
 
 # Bump when anything below changes the trained weights or the reported metrics.
@@ -92,13 +92,25 @@ def _check_profile(profile: Profile) -> None:
         raise ValueError(f"profile {profile.name!r} cannot train tiny ResNets: {bad} must be integers >= 1")
 
 
+def run_seed(seed: int, train_seed: int | None) -> int:
+    """The seed of a training run's initialisation and batch order: ``train_seed``, or the data
+    ``seed`` when None (the first run of ``profiles.training_seeds``)."""
+    return seed if train_seed is None else train_seed
+
+
+def run_key(seed: int, train_seed: int | None) -> dict:
+    """The cache-key part that names a training run: empty for the first run (``run_seed`` equal
+    to the data seed), so its key and weights stay those of a single-run book."""
+    run = run_seed(seed, train_seed)
+    return {} if run == seed else {"train_seed": run}
+
+
 def model_cache_key(name: str, profile: Profile, seed: int, train_seed: int | None = None) -> str:
     """Hash of everything that determines the weights and metrics of a trained tiny ResNet: ``seed``
     draws the images, ``train_seed`` (None: ``seed``) the initialisation and the batch order."""
     _check_name(name)
     _check_profile(profile)
-    runs = {} if train_seed is None or train_seed == seed else {"train_seed": train_seed}
-    return cache_key(**runs,
+    return cache_key(**run_key(seed, train_seed),
         step="tiny-resnet", code_version=CODE_VERSION, name=name, seed=seed, recipe=RECIPE,
         image_size=profile.image_size, n_train_per_class=profile.n_train_per_class,
         n_analysis_per_class=profile.n_analysis_per_class, epochs=profile.epochs,
@@ -155,10 +167,10 @@ def train_tiny_resnet(name: str, profile: Profile, seed: int = 0, device: str | 
     analysis = data.make_benchmark(n_per_class=profile.n_analysis_per_class, split="analysis",
                                    seed=seed, image_size=profile.image_size)
     n_classes = len(train.class_names)
-    run_seed = seed if train_seed is None else train_seed
-    generator = torch.Generator().manual_seed(run_seed)
+    init_seed = run_seed(seed, train_seed)
+    generator = torch.Generator().manual_seed(init_seed)
     with torch.random.fork_rng(devices=[]), cpu_threads():
-        torch.manual_seed(run_seed)
+        torch.manual_seed(init_seed)
         zero_init = resnet_depth(name) >= RECIPE["zero_init_min_depth"]
         model = build_tiny_resnet(name, n_classes, profile.base_width, zero_init_residual=zero_init)
         seconds, (loss,), n_seen = fit(model, train.images, train.labels, epochs=profile.epochs,

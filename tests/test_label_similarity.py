@@ -161,7 +161,6 @@ def test_top_k_excludes_the_class_itself():
         ls.top_k_similar(sim, 4)
 
 
-
 def test_top_k_overlap_hand_worked():
     sim_a = np.array([[1.0, 0.9, 0.5, 0.1], [0.9, 1.0, 0.2, 0.3], [0.5, 0.2, 1.0, 0.4], [0.1, 0.3, 0.4, 1.0]])
     # top-2 of a: 0 -> {1, 2}, 1 -> {0, 3}, 2 -> {0, 3}, 3 -> {2, 1}
@@ -171,6 +170,7 @@ def test_top_k_overlap_hand_worked():
     np.testing.assert_array_equal(ls.top_k_overlap(sim_a, sim_a, 3), np.ones(4))
     with pytest.raises(ValueError, match="different class counts"):
         ls.top_k_overlap(sim_a, sim_a[:3, :3], 2)
+
 
 def test_spearman_and_precision_hand_worked():
     truth = np.array([[3, 2, 1, 0], [2, 3, 0, 1], [1, 0, 3, 2], [0, 1, 2, 3]]) / 3
