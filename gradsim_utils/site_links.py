@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from sphinx.application import Sphinx
+from sphinx.util import logging
 
 from . import notebook_download
 
@@ -23,6 +24,8 @@ __all__ = ["BINDERHUB_URL", "DOWNLOAD_DIR", "repository", "binder_url", "setup"]
 BINDERHUB_URL = "https://mybinder.org"
 DOWNLOAD_DIR = "_notebooks"  # under the html output: the reader's copies, one per chapter
 SOURCE_DIR = "notebooks"     # the chapters' text notebooks, relative to the book's folder
+
+_LOG = logging.getLogger(__name__)
 
 
 def repository(app: Sphinx) -> tuple[str, str, str]:
@@ -51,13 +54,17 @@ def _page_links(app: Sphinx, pagename: str, templatename: str, context: dict, do
     if source.suffix != ".ipynb" or "header_buttons" not in context:
         return
     url, branch, book_path = repository(app)
-    copy = Path(app.outdir, DOWNLOAD_DIR, source.name)
-    notebook_download.write_download_copy(source, copy, notebook_download.install_command(url, branch))
-    for group in context["header_buttons"]:
-        for button in group.get("buttons", []):
-            if button.get("label") == "download-source-button":
-                button["url"] = context["pathto"](f"{DOWNLOAD_DIR}/{source.name}", 1)
-                button["tooltip"] = "Download the executed notebook (numbers filled in, solutions folded)"
+    try:
+        notebook_download.write_download_copy(source, Path(app.outdir, DOWNLOAD_DIR, source.name),
+                                              notebook_download.install_command(url, branch))
+    except (KeyError, OSError) as exc:  # a glue name or notebook that myst-nb also warns about
+        _LOG.warning(f"{pagename}: no reader's copy of the notebook ({exc}); the download is the executed file")
+    else:
+        for group in context["header_buttons"]:
+            for button in group.get("buttons", []):
+                if button.get("label") == "download-source-button":
+                    button["url"] = context["pathto"](f"{DOWNLOAD_DIR}/{source.name}", 1)
+                    button["tooltip"] = "Download the executed notebook (numbers filled in, solutions folded)"
     if not url:
         return
     text_notebook = Path(app.srcdir, SOURCE_DIR, source.stem + ".md")
