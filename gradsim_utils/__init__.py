@@ -7,7 +7,10 @@ lower ones, without a circle; ``tests/test_layers.py`` checks it):
    one hasher and atomic writer), ``stats`` (bootstrap draws, percentile intervals, paired
    differences), ``devices`` (device and memory format), ``provenance`` (commit, versions, machine,
    stage timings), and the leaves ``plotting``, ``report`` (glued numbers, claims recorded per
-   regime, the summary's verdict matrix) and ``book`` (papermill + jupyter-book runner);
+   regime, the summary's verdict matrix), ``book`` (papermill + jupyter-book runner),
+   ``notebook_download`` (the reader's copy of an executed chapter) and ``site_links`` (the Sphinx
+   extension behind the launch and download buttons; these two are not imported here, as they serve
+   the book build, not the chapters);
 2. ``data`` (controlled benchmark with its class names and normalisation, diffusion images, image
    folders), ``nets`` (what a model is: ResNet layout, tiny ResNets, ``ModelInfo``, input
    preparation);

@@ -14,9 +14,11 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
 # The layers of DESIGN.md section 11 ("Style to follow"), from the ground up: profiles, cache, stats
 # -> data, nets -> training, models, extract -> method modules -> chapters. A module imports modules
 # of lower layers, or of its own layer without a circle; never a higher one. devices and provenance
-# import only layer-1 modules; book (the runner), plotting and report import nothing of the package.
+# import only layer-1 modules; book (the runner), plotting and report import nothing of the package;
+# site_links (the Sphinx extension) imports notebook_download (the reader's notebook copy).
 LAYERS = {
-    1: ("profiles", "cache", "stats", "devices", "provenance", "book", "plotting", "report"),
+    1: ("profiles", "cache", "stats", "devices", "provenance", "book", "plotting", "report", "notebook_download",
+        "site_links"),
     2: ("data", "nets"),
     3: ("training", "models", "extract"),
     4: ("similarity", "clustering", "saliency", "localisation", "gap_statistics", "class_statistics",
