@@ -25,7 +25,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score
 from torch import nn
 
-from . import data, extract, nets, provenance, similarity, training
+from . import checks, data, extract, nets, provenance, similarity, training
 from .cache import cache_key
 from .devices import get_device, place
 from .profiles import TINY_MODELS
@@ -73,8 +73,8 @@ def gradient_alignment_loss(grads: torch.Tensor, labels: torch.Tensor, form: str
     the batch size. Differentiable (through ``grads``, e.g. with ``create_graph=True``). A batch
     with no same-class pair gives 0.
     """
-    data.check_choice("form", form, FORMS)
-    data.check_choice("reduction", reduction, REDUCTIONS)
+    checks.one_of(FORMS, form=form)
+    checks.one_of(REDUCTIONS, reduction=reduction)
     flat, labels = _check_grads_labels(grads, labels)
     mask = same_class_pairs(labels)
     if form == "cosine":
@@ -106,7 +106,7 @@ def hvp(func, inputs, vectors, method: str = "double-backward"):
     Both cost a small constant times one gradient. ``inputs`` and ``vectors``: one tensor or
     matching sequences of tensors; the result has the same structure as ``inputs``.
     """
-    data.check_choice("method", method, HVP_METHODS)
+    checks.one_of(HVP_METHODS, method=method)
     single = isinstance(inputs, torch.Tensor)
     xs, vs = _as_tuple(inputs, "inputs"), _as_tuple(vectors, "vectors")
     if len(xs) != len(vs) or any(x.shape != v.shape for x, v in zip(xs, vs)):
@@ -211,7 +211,7 @@ def train_aligned(name: str = "tiny-resnet18", *, form: str = "cosine", lam: flo
     ``devices.memory_format``): with channels-last, the double backward of a tiny ResNet of base width
     4 corrupted the heap on CPU ("double free or corruption"), the oneDNN bug of DESIGN.md 5b.
     """
-    data.check_choice("form", form, FORMS)
+    checks.one_of(FORMS, form=form)
     if name not in TINY_MODELS:
         raise ValueError(f"unknown tiny ResNet {name!r}; choose one of {list(TINY_MODELS)}")
     if not (isinstance(lam, (int, float)) and np.isfinite(lam) and lam >= 0):

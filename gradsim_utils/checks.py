@@ -17,10 +17,10 @@ def _is_integer(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def integers(minimum: int | None = None, maximum: int | None = None, *, optional: bool = False,
-             **values) -> None:
+def integers(minimum: int | None = None, maximum: int | None = None, *, optional: bool = False, **values):
     """Each value is an integer in ``[minimum, maximum]`` (a bound of None is open); with
-    ``optional`` a value may also be None (the chapter then takes its profile's setting)."""
+    ``optional`` a value may also be None (the chapter then takes its profile's setting). Returns
+    the values as Python ints (None kept): the value itself for one keyword, else a tuple."""
     bounds = (f" >= {minimum}" if minimum is not None else "") + (
         f"{' and' if minimum is not None else ''} <= {maximum}" if maximum is not None else "")
     for name, value in values.items():
@@ -29,6 +29,8 @@ def integers(minimum: int | None = None, maximum: int | None = None, *, optional
         if (not _is_integer(value) or (minimum is not None and value < minimum)
                 or (maximum is not None and value > maximum)):
             raise ValueError(f"{name} must be an integer{bounds}{' or None' if optional else ''}, got {value!r}")
+    checked = tuple(None if v is None else int(v) for v in values.values())
+    return checked[0] if len(checked) == 1 else checked
 
 
 def numbers_in(low: float, high: float, *, low_open: bool = False, high_open: bool = False,

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import provenance
+from . import checks, provenance
 from .cache import atomic_write, cache_dir, cache_key
 from .devices import get_device
 from .profiles import Profile, get_profile
@@ -38,7 +38,6 @@ __all__ = [
     "image_seed", "load_diffusion_pipeline", "tiny_random_pipeline", "generate_diffusion",
     "IMAGE_EXTENSIONS", "CorruptImageError", "ImageFolder", "ANNOTATION_COLUMNS", "read_annotations",
     "load_image_folder", "load_profile_data",
-    "check_choice",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -333,22 +332,9 @@ _IMAGE_STREAM, _MARKER_STREAM, _MARKER_CHOICE_STREAM = 0, 1, 2
 _OCCLUSION_RATE = 0.15
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def check_choice(name: str, value, choices):
-    """``value`` if it is one of ``choices``, else a ValueError naming ``name`` and the choices."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-    return value
-
-
 def _marker_classes(marker_class, marker_rate, marker_mode, names: list[str]) -> list[int]:
     """Validate the marker arguments; return the labels whose images may get a marker."""
-    check_choice("marker_mode", marker_mode, _MARKER_MODES)
+    checks.one_of(_MARKER_MODES, marker_mode=marker_mode)
     if isinstance(marker_rate, bool) or not isinstance(marker_rate, (int, float)) \
             or not 0.0 <= marker_rate <= 1.0:
         raise ValueError(f"marker_rate must be a number in [0, 1], got {marker_rate!r}")
@@ -365,9 +351,7 @@ def _marker_classes(marker_class, marker_rate, marker_mode, names: list[str]) ->
         if marker_class not in names:
             raise ValueError(f"marker_class {marker_class!r} is not one of the requested classes {names}")
         return [names.index(marker_class)] if marker_rate > 0 else []
-    label = _check_int("marker_class", marker_class, 0)
-    if label >= len(names):
-        raise ValueError(f"marker_class must be < {len(names)} (the number of classes), got {label}")
+    label = checks.integers(0, len(names) - 1, marker_class=marker_class)
     return [label] if marker_rate > 0 else []
 
 
@@ -386,11 +370,12 @@ def make_benchmark(n_per_class: int = 50, split: str = "analysis", seed: int = 0
     ``round(marker_rate * n_per_class)`` images of ``marker_class`` (label or name); "random" does
     so in every class, so the marker carries no class information. Images are ordered by class.
     """
-    n_per_class = _check_int("n_per_class", n_per_class, 1)
-    seed = _check_int("seed", seed, 0)
-    image_size = _check_int("image_size", image_size, 16)
-    split_id = _SPLITS[check_choice("split", split, _SPLITS)]
-    class_ids = _CLASS_SETS[check_choice("classes", classes, _CLASS_SETS)]
+    n_per_class = checks.integers(1, n_per_class=n_per_class)
+    seed = checks.integers(0, seed=seed)
+    image_size = checks.integers(16, image_size=image_size)
+    checks.one_of(_SPLITS, split=split)
+    checks.one_of(_CLASS_SETS, classes=classes)
+    split_id, class_ids = _SPLITS[split], _CLASS_SETS[classes]
     attributes = [_ALL_CLASSES[c] for c in class_ids]
     names = [class_name(a) for a in attributes]
     marked_classes = _marker_classes(marker_class, marker_rate, marker_mode, names)
@@ -531,10 +516,10 @@ def tiny_random_pipeline(image_size: int = 64, seed: int = 0):
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    image_size = _check_int("image_size", image_size, 8)
+    image_size = checks.integers(8, image_size=image_size)
     if image_size % 8:
         raise ValueError(f"image_size must be a multiple of 8, got {image_size}")
-    seed = _check_int("seed", seed, 0)
+    seed = checks.integers(0, seed=seed)
     symbols = _byte_symbols()
     vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
     vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
@@ -600,13 +585,13 @@ def generate_diffusion(out_dir, class_prompts: Mapping[str, str], n_per_class: i
     loading ``model_id``; then model_id is only recorded.
     """
     prompts = _check_class_prompts(class_prompts)
-    n_per_class = _check_int("n_per_class", n_per_class, 1)
-    seed = _check_int("seed", seed, 0)
-    num_inference_steps = _check_int("num_inference_steps", num_inference_steps, 1)
-    image_size = _check_int("image_size", image_size, 8)
+    n_per_class = checks.integers(1, n_per_class=n_per_class)
+    seed = checks.integers(0, seed=seed)
+    num_inference_steps = checks.integers(1, num_inference_steps=num_inference_steps)
+    image_size = checks.integers(8, image_size=image_size)
     if image_size % 8:
         raise ValueError(f"image_size must be a multiple of 8, got {image_size}")
-    batch_size = _check_int("batch_size", batch_size, 1)
+    batch_size = checks.integers(1, batch_size=batch_size)
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
             or not math.isfinite(guidance_scale) or guidance_scale < 0:
         raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
@@ -804,9 +789,9 @@ def load_image_folder(root, image_size: int = 224, class_names: Sequence[str] | 
     without a row (or whose box the crop cuts away) get a NaN row and are listed in ``unboxed``.
     """
     root = Path(root)
-    image_size = _check_int("image_size", image_size, 1)
-    min_per_class = _check_int("min_per_class", min_per_class, 1)
-    check_choice("on_error", on_error, _ON_ERROR)
+    image_size = checks.integers(1, image_size=image_size)
+    min_per_class = checks.integers(1, min_per_class=min_per_class)
+    checks.one_of(_ON_ERROR, on_error=on_error)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder root {root} does not exist or is not a folder")
     if class_names is None:
@@ -879,8 +864,8 @@ def load_profile_data(profile: Profile | str, split: str = "analysis", seed: int
     prof = get_profile(profile) if isinstance(profile, str) else profile
     if not isinstance(prof, Profile):
         raise ValueError(f"profile must be a Profile or a profile name, got {profile!r}")
-    check_choice("split", split, _SPLITS)
-    seed = _check_int("seed", seed, 0)
+    checks.one_of(_SPLITS, split=split)
+    seed = checks.integers(0, seed=seed)
     n = prof.n_train_per_class if split == "train" else prof.n_analysis_per_class
     if n < 1:
         raise ValueError(f"profile {prof.name!r} has no {split!r} split (0 images per class)")

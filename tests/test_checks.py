@@ -104,3 +104,8 @@ def test_chapter_rejects_a_bad_parameter_before_any_slow_step(tmp_path, monkeypa
     with pytest.raises(book.ChapterFailed, match=message):
         book.execute_chapter(CHAPTER[chapter], tmp_path / "out", {"profile": "smoke", **parameters}, progress=False)
     assert not cache.exists() or not any(p.is_file() for p in cache.rglob("*")), "a model was cached"
+
+
+def test_integers_return_python_ints():
+    assert checks.integers(0, seed=np.int64(3)) == 3 and type(checks.integers(0, seed=np.int64(3))) is int
+    assert checks.integers(1, a=2, b=None, optional=True) == (2, None)

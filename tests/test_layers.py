@@ -17,7 +17,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
 # import only layer-1 modules; book (the runner), plotting and report import nothing of the package;
 # site_links (the Sphinx extension) imports notebook_download (the reader's notebook copy).
 LAYERS = {
-    1: ("profiles", "cache", "stats", "devices", "provenance", "book", "plotting", "report", "notebook_download",
+    1: ("profiles", "cache", "stats", "checks", "devices", "provenance", "book", "plotting", "report", "notebook_download",
         "site_links"),
     2: ("data", "nets"),
     3: ("training", "models", "extract"),
