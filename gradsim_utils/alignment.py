@@ -283,7 +283,8 @@ def aligned_model(name: str = "tiny-resnet18", *, form: str = "cosine", lam: flo
     def build() -> nn.Module:
         return nets.build_tiny_resnet(name, len(data.benchmark_class_names()), base_width)
 
-    model, entry = training.cached_model("aligned", key, build, compute)
+    model, entry = training.cached_model("aligned", key, build, compute,
+                                         f"{name} aligned {form} lambda={lam:g} (seed {seed}, data seed {data_seed})")
     metrics = entry["metrics"]
     model.gradsim_info = training.benchmark_info(name, image_size, metrics["class_names"],
                                                  f"aligned {form} lambda={lam:g}", metrics)

@@ -3,10 +3,19 @@
 ``python -m gradsim_utils.book --profile quick`` is what ``make book`` calls. Chapters are the
 jupytext text notebooks ``notebooks/NN_*.md`` in name order; each is converted to ``.ipynb``
 in the output folder (``book/`` by default) and executed there in place with the profile and
-any ``-p name value`` parameters. The first failing chapter stops the run with an error naming
-the chapter and the failing cell; a chapter whose kernel dies (segfault, out of memory, killed) stops
-it with a short report: the cell, the signal or exit code and what to try. The wall time of each
-chapter is written to ``<output>/_timings.json``.
+any ``-p name value`` parameters. Before anything runs, each ``-p`` name is checked against the
+chapters' ``parameters`` cells: a name no selected chapter has is an error listing their parameters; a
+name only some have is passed to those alone (one line names the chapters that ignore it). ``--only``
+takes file-name prefixes; a number (``3`` or ``03``) selects the chapter with that number. The first
+failing chapter stops the run with an error naming the chapter and the failing cell; a chapter whose
+kernel dies (segfault, out of memory, killed) stops it with a short report: the cell, the signal or
+exit code and what to try.
+
+``<output>/_timings.json`` keeps, per chapter, the wall time and the parameters of its last execution
+(``{"chapters": {stem: {"seconds", "parameters"}}, "up_to_date": [...]}``); a run of some chapters
+updates their entries and keeps the others'. The kernel of each chapter gets two environment variables
+(``gradsim_utils.report``): ``GRADSIM_RESULTS``, the folder ``<output>/_results`` its claims go to, and
+``GRADSIM_RUN_PARAMETERS``, the parameters recorded with them (``run_parameters``).
 
 A chapter whose executed notebook is up to date is not run again: its inputs (the text notebook,
 the parameters and the source of ``gradsim_utils``) are hashed into the executed notebook's
@@ -20,10 +29,12 @@ import argparse
 import ast
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import jupytext
@@ -33,8 +44,11 @@ from jupyter_client.manager import AsyncKernelManager
 from nbclient.exceptions import DeadKernelError
 from tqdm.auto import tqdm
 
-__all__ = ["ChapterFailed", "KernelDied", "kernel_died_report", "chapter_sources", "chapter_inputs_hash",
-           "is_up_to_date", "execute_chapter", "run_chapters", "build_book", "main"]
+from .report import RESULTS_ENV, RUN_ENV
+
+__all__ = ["ChapterFailed", "KernelDied", "UsageError", "kernel_died_report", "chapter_sources",
+           "chapter_parameters", "parameters_per_chapter", "run_parameters", "chapter_inputs_hash", "is_up_to_date",
+           "execute_chapter", "run_chapters", "build_book", "main"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,6 +59,10 @@ class ChapterFailed(RuntimeError):
 
 class KernelDied(ChapterFailed):
     """A chapter's kernel died (a signal such as SIGSEGV or SIGKILL, or an exit) while executing it."""
+
+
+class UsageError(ValueError):
+    """A command line that selects no chapter or names a parameter no selected chapter has."""
 
 
 class _KernelManager(AsyncKernelManager):
@@ -91,8 +109,7 @@ def kernel_died_report(source: Path, target: Path, parameters: dict, returncode:
                 f"`ONEDNN_MAX_CPU_ISA=AVX2 {rerun}`, and report the CPU (`lscpu | grep 'Model name'`) "
                 "with the chapter and cell.")
     elif sig == signal.SIGKILL:
-        default = papermill.inspect_notebook(str(target)).get("batch_size", {}).get("default")
-        batch = parameters.get("batch_size", _parse_value(default) if default else None)
+        batch = parameters.get("batch_size", chapter_parameters(source).get("batch_size"))
         hint = ("most likely out of memory (Linux's out-of-memory killer sends SIGKILL; `dmesg` shows it): "
                 + (f"lower the chapter's batch size (now {batch}), e.g. `{rerun} -p batch_size "
                    f"{max(1, batch // 2)}`, or use a smaller profile (`--profile smoke`)."
@@ -104,15 +121,87 @@ def kernel_died_report(source: Path, target: Path, parameters: dict, returncode:
 
 
 def chapter_sources(notebook_dir: Path = REPO_ROOT / "notebooks", only: list[str] | None = None) -> list[Path]:
-    """The chapter notebooks ``NN_*.md`` in name order; ``only`` keeps names starting with a prefix."""
+    """The chapter notebooks ``NN_*.md`` in name order; ``only`` keeps those matching a prefix: a number
+    (``3``, ``03``) matches the chapter with that number, other text the start of the file name."""
     sources = sorted(Path(notebook_dir).glob("[0-9][0-9]_*.md"))
     if not sources:
         raise FileNotFoundError(f"no chapter notebooks (NN_*.md) in {notebook_dir}")
-    if only:
-        sources = [s for s in sources if any(s.stem.startswith(prefix) for prefix in only)]
-        if not sources:
-            raise ValueError(f"--only {only} matches no chapter in {notebook_dir}")
-    return sources
+    if not only:
+        return sources
+
+    def matches(source: Path, prefix: str) -> bool:
+        if prefix.isdigit():
+            return int(prefix) == int(source.stem[:2])
+        return source.stem.startswith(prefix)
+
+    unmatched = [prefix for prefix in only if not any(matches(s, prefix) for s in sources)]
+    if unmatched:
+        raise UsageError(f"--only {' '.join(unmatched)} matches no chapter in {notebook_dir}; the chapters are: "
+                         + ", ".join(s.stem for s in sources))
+    return [s for s in sources if any(matches(s, prefix) for prefix in only)]
+
+
+def chapter_parameters(source: Path) -> dict:
+    """The names and default values of the ``parameters`` cell of chapter ``source`` (a default that
+    is not a Python literal is given as its source text)."""
+    cells = [c for c in jupytext.read(source).cells if "parameters" in c.metadata.get("tags", [])]
+    defaults = {}
+    for cell in cells:
+        for node in ast.parse(cell.source).body:
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, ast.AnnAssign) and node.value is not None:
+                targets = [node.target]
+            else:
+                continue
+            for target in (t for t in targets if isinstance(t, ast.Name)):
+                try:
+                    defaults[target.id] = ast.literal_eval(node.value)
+                except (ValueError, TypeError, SyntaxError):
+                    defaults[target.id] = ast.unparse(node.value)
+    return defaults
+
+
+def parameters_per_chapter(sources: list[Path], parameters: dict) -> tuple[dict[Path, dict], list[str]]:
+    """Which of the command-line ``parameters`` each chapter gets: those its ``parameters`` cell has.
+
+    Returns ``{source: parameters}`` and one line per name that some chapters ignore (naming them).
+    Raises ``UsageError`` for a name that no chapter in ``sources`` has, listing their parameters.
+    """
+    known = {source: chapter_parameters(source) for source in sources}
+    unknown = [name for name in parameters if not any(name in names for names in known.values())]
+    if unknown:
+        names = sorted(set().union(*known.values()))
+        raise UsageError(f"unknown parameter {', '.join(map(repr, unknown))}: no selected chapter "
+                         f"({', '.join(s.stem for s in sources)}) has it; their parameters are: {', '.join(names)}")
+    notes = []
+    for name in parameters:
+        ignoring = [s.stem for s in sources if name not in known[s]]
+        if ignoring:
+            notes.append(f"parameter {name!r} is passed only to the chapters that have it; ignored by: {', '.join(ignoring)}")
+    return {s: {k: v for k, v in parameters.items() if k in known[s]} for s in sources}, notes
+
+
+def run_parameters(source: Path, parameters: dict) -> dict:
+    """What a chapter's results and timings record of its run: the ``parameters`` it was given and
+    its seed (the default when none was given)."""
+    defaults = chapter_parameters(source)
+    return {**parameters, **({"seed": parameters.get("seed", defaults["seed"])} if "seed" in defaults else {})}
+
+
+@contextmanager
+def _environment(**variables: str):
+    """Set environment variables (which a kernel started now inherits) for the block, then restore them."""
+    before = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def chapter_inputs_hash(source: Path, parameters: dict) -> str:
@@ -161,10 +250,12 @@ def execute_chapter(source: Path, output_dir: Path, parameters: dict, kernel_nam
         inputs_hash=chapter_inputs_hash(source, parameters), complete=False)
     jupytext.write(notebook, target)
     try:
-        papermill.execute_notebook(
-            str(target), str(target), parameters=parameters, kernel_name=kernel_name,
-            cwd=str(output_dir), progress_bar=progress, kernel_manager_class=_KernelManager,
-        )
+        with _environment(**{RESULTS_ENV: str(output_dir.resolve() / "_results"),
+                             RUN_ENV: json.dumps(run_parameters(source, parameters), default=str)}):
+            papermill.execute_notebook(
+                str(target), str(target), parameters=parameters, kernel_name=kernel_name,
+                cwd=str(output_dir), progress_bar=progress, kernel_manager_class=_KernelManager,
+            )
     except DeadKernelError:
         raise KernelDied(kernel_died_report(source, target, parameters, _KernelManager.last_returncode)) from None
     except papermill.PapermillExecutionError as err:
@@ -186,19 +277,25 @@ def run_chapters(profile: str = "quick", parameters: dict | None = None,
                  notebook_dir: Path = REPO_ROOT / "notebooks", progress: bool = True,
                  force: bool = False) -> dict[str, float]:
     """Execute the chapters in order, skipping up-to-date ones unless ``force``; returns the wall
-    time of each (seconds; a skipped chapter keeps the time of its last execution). The times are
-    saved to ``<output_dir>/_timings.json`` after every chapter, so later pages can show them."""
-    params = {"profile": profile, **(parameters or {})}
+    time of each (seconds; a skipped chapter keeps the time of its last execution). Each chapter gets
+    the profile and those ``parameters`` its parameters cell has (``parameters_per_chapter``, checked
+    before any chapter runs). Its time and ``run_parameters`` are merged into
+    ``<output_dir>/_timings.json`` after it, keeping the entries of chapters not run now."""
     output_dir = Path(output_dir)
+    sources = chapter_sources(notebook_dir, only)
+    per_chapter, notes = parameters_per_chapter(sources, parameters or {})
+    for note in notes:
+        tqdm.write(note)
     timings_path = output_dir / "_timings.json"
-    previous = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    record = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    chapters: dict[str, dict] = record.get("chapters", {})
     timings: dict[str, float] = {}
     skipped: list[str] = []
-    sources = chapter_sources(notebook_dir, only)
     for source in tqdm(sources, desc=f"chapters ({profile})", unit="chapter", disable=not progress):
+        params = {"profile": profile, **per_chapter[source]}
         target = output_dir / f"{source.stem}.ipynb"
-        if not force and source.stem in previous.get("seconds", {}) and is_up_to_date(source, target, params):
-            timings[source.stem] = previous["seconds"][source.stem]
+        if not force and source.stem in chapters and is_up_to_date(source, target, params):
+            timings[source.stem] = chapters[source.stem]["seconds"]
             skipped.append(source.stem)
             tqdm.write(f"{source.name}: up to date, not executed (last run {timings[source.stem]} s)")
         else:
@@ -206,10 +303,10 @@ def run_chapters(profile: str = "quick", parameters: dict | None = None,
             start = time.perf_counter()
             execute_chapter(source, output_dir, params, progress=progress)
             timings[source.stem] = round(time.perf_counter() - start, 1)
+            chapters[source.stem] = {"seconds": timings[source.stem], "parameters": run_parameters(source, params)}
             tqdm.write(f"  {source.name}: {timings[source.stem]} s")
-        earlier = previous.get("seconds", {}) if previous.get("parameters") == params else {}
-        timings_path.write_text(json.dumps({"profile": profile, "parameters": params,
-                                            "seconds": {**earlier, **timings}, "up_to_date": skipped}, indent=1))
+        timings_path.write_text(json.dumps({"chapters": dict(sorted(chapters.items())), "up_to_date": skipped},
+                                           indent=1, default=str))
     return timings
 
 
@@ -235,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="quick", help="smoke | quick | paper | paper-dryrun")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="a papermill parameter for every chapter (repeatable)")
-    parser.add_argument("--only", nargs="+", help="run only chapters whose file name starts with these prefixes")
+    parser.add_argument("--only", nargs="+", help="run only these chapters: numbers (3 or 03) or file-name prefixes")
     parser.add_argument("--output-dir", type=Path, default=REPO_ROOT / "book")
     parser.add_argument("--notebook-dir", type=Path, default=REPO_ROOT / "notebooks",
                         help="folder of the chapter text notebooks NN_*.md (default: notebooks/)")
@@ -246,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     params = {name: _parse_value(value) for name, value in args.parameter}
     try:
         run_chapters(args.profile, params, args.output_dir, args.only, args.notebook_dir, force=args.force)
-    except ChapterFailed as err:
+    except (ChapterFailed, UsageError) as err:
         print(f"\nERROR: {err}", file=sys.stderr)
         return 1
     if not args.no_build:

@@ -19,7 +19,7 @@ import numpy as np
 import platformdirs
 import torch
 
-__all__ = ["cache_dir", "cache_key", "content_digest", "atomic_write", "cached_torch"]
+__all__ = ["cache_dir", "cache_key", "content_digest", "atomic_write", "torch_entry", "cached_torch"]
 
 
 def cache_dir() -> Path:
@@ -76,13 +76,18 @@ def _umask() -> int:
     return mask
 
 
+def torch_entry(namespace: str, key: str) -> Path:
+    """The file of the ``cached_torch`` entry ``namespace/key`` (present or not)."""
+    return cache_dir() / namespace / f"{key}.pt"
+
+
 def cached_torch(namespace: str, key: str, compute: Callable[[], Any]) -> Any:
     """Load ``<namespace>/<key>.pt`` if present, else ``compute()`` it and save it atomically.
 
     The value must be loadable with ``torch.load(weights_only=True)``: tensors, numbers, strings
     and (nested) lists, tuples and dicts of them.
     """
-    path = cache_dir() / namespace / f"{key}.pt"
+    path = torch_entry(namespace, key)
     if path.exists():
         return torch.load(path, weights_only=True, map_location="cpu")
     value = compute()

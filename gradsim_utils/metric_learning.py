@@ -309,7 +309,8 @@ def load_metric_model(metric: str, config: MetricConfig, train_data, data_id: st
         fresh["trained"] = True
         return {"state_dict": training.cpu_state(model), "metrics": metrics}
 
-    trained, entry = training.cached_model("metric-models", key, lambda: model, train)
+    trained, entry = training.cached_model("metric-models", key, lambda: model, train,
+                                           f"{metric} metric model ({config.backbone(metric)}, seed {seed})")
     return trained.to(dev), {**entry["metrics"], "cached": not fresh}
 
 

@@ -390,9 +390,11 @@ def _trained_tiny(name: str, profile: Profile, seed: int, device: torch.device,
         state_dict, metrics = training.train_tiny_resnet(name, profile, seed, device, progress, train_seed)
         return {"state_dict": state_dict, "metrics": metrics}
 
+    run = training.run_seed(seed, train_seed)
+    label = f"{name} (profile {profile.name}, seed {seed}" + (f", training seed {run})" if run != seed else ")")
     model, entry = training.cached_model(
         "models", training.model_cache_key(name, profile, seed, train_seed),
-        lambda: build_tiny_resnet(name, len(data.benchmark_class_names()), profile.base_width), train)
+        lambda: build_tiny_resnet(name, len(data.benchmark_class_names()), profile.base_width), train, label)
     metrics = entry["metrics"]
     return model, training.benchmark_info(name, profile.image_size, metrics["class_names"], "trained", metrics)
 

@@ -1,10 +1,17 @@
 """Numbers from executed cells into the book's text (myst-nb glue), never typed by hand; each chapter's
-claims recorded per regime, and the summary's verdict matrix built from those records."""
+claims recorded per regime, and the summary's verdict matrix built from those records.
+
+Where claims are saved (``results_folder``): ``$GRADSIM_RESULTS``, which ``gradsim_utils.book`` sets to
+``<output>/_results`` (``book/_results``) for each chapter it runs; a chapter run another way (e.g.
+papermill directly) saves them under the cache, ``<cache_dir>/results``, never in the working directory.
+Each claim carries the parameters of the run that made it (``run_parameters``), and the summary takes
+claims of one run only (``one_run``)."""
 from __future__ import annotations
 
 import json
 import math
 import numbers
+import os
 import re
 from pathlib import Path
 
@@ -13,12 +20,13 @@ import pandas as pd
 import torch
 from myst_nb import glue as _myst_glue
 
-from .cache import atomic_write
+from .cache import atomic_write, cache_dir
 
-__all__ = ["glue", "as_builtin", "value_range", "glue_name", "record_claim", "load_claims", "claims_for_profile",
+__all__ = ["glue", "as_builtin", "value_range", "glue_name", "results_folder", "run_parameters", "record_claim",
+           "load_claims", "claims_for_profile", "compare_runs", "one_run", "parameters_text",
            "regimes_recorded", "claims_by_id", "depends_on_setting", "regime_comparison", "agreement_text", "verdict_counts", "counts_text",
            "missing_regimes_text", "claim_cell", "claims_markdown_table", "VERDICTS", "UNTESTED", "REGIMES",
-           "DEFAULT_REGIME", "DEPENDS", "DASH"]
+           "DEFAULT_REGIME", "DEPENDS", "DASH", "RESULTS_ENV", "RUN_ENV"]
 
 
 def as_builtin(value):
@@ -60,7 +68,22 @@ REGIMES = {
 DEFAULT_REGIME = "tiny"
 DEPENDS = "depends on the setting"
 DASH = "\u2014"
-RESULTS_DIR = "_results"
+RESULTS_ENV = "GRADSIM_RESULTS"
+RUN_ENV = "GRADSIM_RUN_PARAMETERS"
+
+
+def results_folder() -> Path:
+    """The folder claims are saved to and read from: ``$GRADSIM_RESULTS`` (set by ``gradsim_utils.book``
+    to ``<output>/_results``), else ``<cache_dir>/results``."""
+    folder = os.environ.get(RESULTS_ENV)
+    return Path(folder) if folder else cache_dir() / "results"
+
+
+def run_parameters() -> dict | None:
+    """The parameters of the chapter's run as ``gradsim_utils.book`` passes them in ``$GRADSIM_RUN_PARAMETERS``
+    (the profile, the seed and every parameter given on its command line); None when it ran another way."""
+    text = os.environ.get(RUN_ENV)
+    return json.loads(text) if text else None
 
 
 def glue_name(claim_id: str, regime: str = DEFAULT_REGIME) -> str:
@@ -72,13 +95,13 @@ def glue_name(claim_id: str, regime: str = DEFAULT_REGIME) -> str:
 def record_claim(claim_id: str, *, chapter: str, source: str, claim: str, source_value: str, ours,
                  verdict: str, fmt: str = ".3f", ci: tuple[float, float] | None = None,
                  evidence: str = "", regime: str = DEFAULT_REGIME, quantity: str = "",
-                 results_dir: str | Path = RESULTS_DIR) -> dict:
+                 results_dir: str | Path | None = None) -> dict:
     """One claim of a source paper (``source``: the seed, e.g. "004"), our number for it in one
     ``regime`` (a key of ``REGIMES``) and the verdict, for the book's summary page.
 
     ``ours`` is glued under ``glue_name(claim_id, regime)`` (so the summary page can show it by
-    cross-notebook glue, ``{glue:text}`<chapter>.ipynb::<name>```) and the record is merged into
-    ``<results_dir>/<chapter>.json`` (relative to the executing notebook, i.e. ``book/_results``),
+    cross-notebook glue, ``{glue:text}`<chapter>.ipynb::<name>```) and the record, with the run's
+    ``run_parameters()``, is merged into ``<results_dir>/<chapter>.json`` (default ``results_folder()``),
     keyed by claim id and regime: a rerun replaces that pair's record and keeps the other regimes'.
     ``source_value`` is the paper's number quoted as text; ``quantity`` names what ``ours`` measures
     with its unit ("SFAM minus best baseline, accuracy points"; ``evidence`` when left empty);
@@ -96,20 +119,20 @@ def record_claim(claim_id: str, *, chapter: str, source: str, claim: str, source
         "claim_id": claim_id, "regime": regime, "chapter": chapter, "source": source, "claim": claim,
         "source_value": str(source_value), "ours": ours, "fmt": fmt, "verdict": verdict,
         "ci": None if ci is None else [as_builtin(ci[0]), as_builtin(ci[1])],
-        "quantity": quantity or evidence, "evidence": evidence,
+        "quantity": quantity or evidence, "evidence": evidence, "parameters": run_parameters(),
     }
     glue(glue_name(claim_id, regime), ours)
-    path = Path(results_dir) / f"{chapter}.json"
+    path = Path(results_dir or results_folder()) / f"{chapter}.json"
     records = json.loads(path.read_text()) if path.exists() else {}
     records[f"{claim_id}@{regime}"] = record
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(records, indent=1)))
     return record
 
 
-def load_claims(results_dir: str | Path = RESULTS_DIR) -> list[dict]:
-    """Every recorded claim, in chapter order then recording order."""
+def load_claims(results_dir: str | Path | None = None) -> list[dict]:
+    """Every claim recorded in ``results_dir`` (default ``results_folder()``), in chapter order then recording order."""
     claims: list[dict] = []
-    for path in sorted(Path(results_dir).glob("*.json")):
+    for path in sorted(Path(results_dir or results_folder()).glob("*.json")):
         records = json.loads(path.read_text())
         stale = [key for key, record in records.items() if "regime" not in record]
         if stale:
@@ -119,16 +142,17 @@ def load_claims(results_dir: str | Path = RESULTS_DIR) -> list[dict]:
     return claims
 
 
-def claims_for_profile(profile: str, results_dir: str | Path = RESULTS_DIR) -> list[dict]:
-    """The claims recorded by chapters whose executed notebook (next to ``results_dir``) ran on ``profile``.
+def claims_for_profile(profile: str, results_dir: str | Path | None = None) -> list[dict]:
+    """The claims in ``results_dir`` (default ``results_folder()``) recorded by chapters whose executed notebook
+    (in the folder above it) ran on ``profile``.
 
     Results left by a chapter executed on another profile, or whose notebook is gone, are skipped,
     so the summary never mixes profiles.
     """
-    book_dir = Path(results_dir).parent
+    folder = Path(results_dir or results_folder())
     kept = []
-    for claim in load_claims(results_dir):
-        notebook = book_dir / f"{claim['chapter']}.ipynb"
+    for claim in load_claims(folder):
+        notebook = folder.parent / f"{claim['chapter']}.ipynb"
         if notebook.is_file() and _executed_profile(notebook) == profile:
             kept.append(claim)
     return kept
@@ -137,6 +161,39 @@ def claims_for_profile(profile: str, results_dir: str | Path = RESULTS_DIR) -> l
 def _executed_profile(notebook: Path) -> str | None:
     metadata = json.loads(notebook.read_text()).get("metadata", {})
     return metadata.get("papermill", {}).get("parameters", {}).get("profile")
+
+
+def parameters_text(parameters: dict) -> str:
+    """``name=value`` pairs, comma-separated, in the dict's order."""
+    return ", ".join(f"{name}={value!r}" for name, value in parameters.items())
+
+
+def compare_runs(runs: list[tuple[str, dict]]) -> tuple[dict, list[str]]:
+    """Whether ``(chapter, parameters)`` pairs come from one run: every parameter name given by several
+    chapters has one value (a parameter only one chapter has may differ from other chapters' defaults).
+    Returns the parameters (each name's first value) and, for each name whose values differ, one line
+    naming the chapters with each value (empty when they come from one run)."""
+    values: dict[str, dict[str, tuple[object, list[str]]]] = {}
+    for chapter, parameters in runs:
+        for name, value in parameters.items():
+            _, chapters = values.setdefault(name, {}).setdefault(repr(value), (value, []))
+            if chapter not in chapters:
+                chapters.append(chapter)
+    differ = [f"{name}: " + "; ".join(f"{shown} in {', '.join(sorted(chapters))}" for shown, (_, chapters) in by_value.items())
+              for name, by_value in values.items() if len(by_value) > 1]
+    return {name: next(iter(by_value.values()))[0] for name, by_value in values.items()}, differ
+
+
+def one_run(claims: list[dict]) -> dict:
+    """The parameters the claims were made with (``compare_runs`` of their chapters' recorded
+    parameters; a claim recorded without them counts as none). Raises ``ValueError`` naming each
+    parameter whose values differ and the chapters with each value: the summary never mixes runs."""
+    parameters, differ = compare_runs([(c["chapter"], c.get("parameters") or {}) for c in claims])
+    if differ:
+        raise ValueError("the chapters' results come from different runs, so the summary would mix them:\n  "
+                         + "\n  ".join(differ) + "\nrerun those chapters with the same parameters "
+                         "(python -m gradsim_utils.book reruns every chapter whose parameters changed)")
+    return parameters
 
 
 def regimes_recorded(claims: list[dict]) -> list[str]:

@@ -526,7 +526,7 @@ def _check_schedule(name: str, epochs, batch_size, base_width) -> None:
 
 def _cached_training(key: str, name: str, make_train, evaluation: data.Benchmark, epochs: int,
                      batch_size: int, base_width: int, seed: int, dev: torch.device,
-                     progress: bool) -> nn.Module:
+                     progress: bool, label: str) -> nn.Module:
     """Load the model cached under ``key`` or train it on ``make_train()`` with training.py's recipe
     (``training.fit``, ``training.cached_model``); return it in eval mode with ``gradsim_info``
     (accuracy on ``evaluation``). The entry keeps its flat layout: weights, accuracy, seconds, machine."""
@@ -547,7 +547,7 @@ def _cached_training(key: str, name: str, make_train, evaluation: data.Benchmark
                 "machine": machine}
 
     net, entry = training.cached_model("models", key, lambda: nets.build_tiny_resnet(name, n_classes, base_width),
-                                       fit)
+                                       fit, label)
     net.gradsim_info = training.benchmark_info(name, evaluation.images.shape[-1], evaluation.class_names,
                                                "trained", dict(entry, analysis_accuracy=entry["accuracy"]))
     return net.to(dev)
@@ -580,6 +580,8 @@ def marker_models(name: str, marker_class: int, marker_rate: float, n_train_per_
                         n_train_per_class=n_train_per_class, image_size=size, renderer=renderer,
                         evaluation=content_digest(analysis.images, analysis.labels)[:16])
         make = (lambda m=mode: _marker_train_set(m, marker_class, marker_rate, n_train_per_class, size, seed))
+        run = training.run_seed(seed, train_seed)
+        label = f"{name} marker model {'A' if mode == 'class' else 'B'} (seed {seed}, training seed {run})"
         out.append(_cached_training(key, name, make, analysis, epochs, batch_size, base_width,
-                                    training.run_seed(seed, train_seed), get_device(device), progress))
+                                    run, get_device(device), progress, label))
     return out[0], out[1]

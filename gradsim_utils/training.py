@@ -44,7 +44,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import data, provenance
-from .cache import cache_key, cached_torch, content_digest
+from .cache import cache_key, cached_torch, content_digest, torch_entry
 from .devices import get_device, place
 from .nets import ModelInfo, build_tiny_resnet, prepare_images, resnet_depth
 from .profiles import TINY_MODELS, Profile
@@ -200,14 +200,21 @@ def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def cached_model(namespace: str, key: str, build: Callable[[], nn.Module],
-                 train: Callable[[], dict]) -> tuple[nn.Module, dict]:
+                 train: Callable[[], dict], label: str) -> tuple[nn.Module, dict]:
     """The model cached as ``<namespace>/<key>.pt`` (``cache.cached_torch``), trained now on a miss.
+
+    Prints one line naming the model by ``label`` (its name and what it was trained with) and where
+    its weights come from: ``"<label>: cached weights <namespace>/<key>"``, or ``"training <label>: no
+    cached weights <namespace>/<key>"`` (the key hashes everything the weights depend on).
 
     ``train()`` returns the entry to store: the weights under ``"state_dict"`` (:func:`cpu_state`)
     beside what else the caller keeps (metrics). Hit or miss, the weights are loaded into
     ``build()`` after the cache is read, so a cold and a warm run return the same model and leave
     the global random state alike. Returns the model in eval mode and the entry without the weights.
     """
+    where = f"{namespace}/{key}"
+    print(f"{label}: cached weights {where}" if torch_entry(namespace, key).exists()
+          else f"training {label}: no cached weights {where}", flush=True)
     entry = cached_torch(namespace, key, train)
     model = build()
     model.load_state_dict(entry["state_dict"])

@@ -262,3 +262,100 @@ def test_site_renders_offline_in_headless_chromium(served_site):
                 page.screenshot(path=str(SCREENSHOT_DIR / f"{toc_page.split('/')[-1]}.png"), full_page=False)
         browser.close()
     assert not external, f"the site requested resources outside itself: {sorted(set(external))[:5]}"
+
+
+def _claiming_chapter(path: Path, extra_parameters: str = "") -> None:
+    """A chapter that records one claim (its seed) as a real chapter does."""
+    _write_chapter(path, "from gradsim_utils import report\n"
+                         f"report.record_claim('c_{path.stem[:2]}', chapter='{path.stem}', source='000', claim='c', "
+                         "source_value='1', ours=seed, verdict='reproduced')",
+                   parameters="seed = 0" + extra_parameters)
+
+
+def test_only_takes_chapter_numbers_and_names_the_chapters_when_nothing_matches(tmp_path, capsys):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    for name in ("01_a", "03_b", "10_c", "30_d"):
+        _write_chapter(notebooks / f"{name}.md", "print(1)")
+    stems = lambda only: [s.stem for s in book.chapter_sources(notebooks, only)]
+    assert stems(["3"]) == stems(["03"]) == ["03_b"]
+    assert stems(["1", "30"]) == ["01_a", "30_d"] and stems(["03_"]) == ["03_b"]
+    code = book.main(["--only", "3", "42", "--notebook-dir", str(notebooks), "--output-dir", str(tmp_path / "out"),
+                      "--no-build"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "--only 42 matches no chapter" in err and "the chapters are: 01_a, 03_b, 10_c, 30_d" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_only_rerun_merges_timings_and_a_full_run_reruns_only_what_changed(tmp_path):
+    from gradsim_utils import report
+
+    notebooks, out = tmp_path / "notebooks", tmp_path / "out"
+    notebooks.mkdir()
+    _claiming_chapter(notebooks / "01_a.md")
+    _claiming_chapter(notebooks / "02_b.md")
+    run = lambda **kw: book.run_chapters("smoke", output_dir=out, notebook_dir=notebooks, progress=False, **kw)
+    record = lambda: json.loads((out / "_timings.json").read_text())
+    stamp = lambda name: (out / f"{name}.ipynb").stat().st_mtime_ns
+    run()
+    first_a, first_b = stamp("01_a"), stamp("02_b")
+    run(only=["2"], parameters={"seed": 3})
+    chapters = record()["chapters"]
+    assert sorted(chapters) == ["01_a", "02_b"], "an --only run dropped the other chapters' timings"
+    assert chapters["01_a"]["parameters"] == {"profile": "smoke", "seed": 0}
+    assert chapters["02_b"]["parameters"] == {"profile": "smoke", "seed": 3}
+    assert stamp("01_a") == first_a and stamp("02_b") != first_b
+    claims = report.load_claims(out / "_results")
+    assert {c["chapter"]: c["parameters"]["seed"] for c in claims} == {"01_a": 0, "02_b": 3}
+    with pytest.raises(ValueError, match=r"different runs(.|\n)*seed: 0 in 01_a; 3 in 02_b"):
+        report.one_run(claims)
+    second_b = stamp("02_b")
+    run()
+    assert stamp("01_a") == first_a, "the full run re-executed an unchanged chapter"
+    assert stamp("02_b") != second_b, "the full run kept the chapter run with other parameters"
+    assert record()["up_to_date"] == ["01_a"]
+    assert {name: e["parameters"]["seed"] for name, e in record()["chapters"].items()} == {"01_a": 0, "02_b": 0}
+    assert report.one_run(report.load_claims(out / "_results")) == {"profile": "smoke", "seed": 0}
+
+
+def test_unknown_parameter_is_an_error_listing_the_chapters_parameters(tmp_path, capsys):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    _write_chapter(notebooks / "01_a.md", "print(value)", parameters="value = 1\nseed = 0  # a comment")
+    _write_chapter(notebooks / "02_b.md", "print('b')", parameters="batch_size = 8")
+    code = book.main(["--only", "1", "2", "-p", "n_analysis_per_class", "3", "--notebook-dir", str(notebooks),
+                      "--output-dir", str(tmp_path / "out"), "--no-build"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert ("unknown parameter 'n_analysis_per_class': no selected chapter (01_a, 02_b) has it; "
+            "their parameters are: batch_size, profile, seed, value") in err
+    assert not list((tmp_path / "out").glob("*.ipynb")), "a chapter ran before the parameters were checked"
+
+
+def test_a_parameter_only_some_chapters_have_is_passed_to_those_alone(tmp_path, capsys):
+    notebooks, out = tmp_path / "notebooks", tmp_path / "out"
+    notebooks.mkdir()
+    _write_chapter(notebooks / "01_a.md", "print(value)")
+    _write_chapter(notebooks / "02_b.md", "print('b')", parameters="batch_size = 8")
+    book.run_chapters("smoke", {"value": 5}, output_dir=out, notebook_dir=notebooks, progress=False)
+    injected = lambda name: nbformat.read(out / f"{name}.ipynb", as_version=4).metadata["papermill"]["parameters"]
+    assert injected("01_a") == {"profile": "smoke", "value": 5} and injected("02_b") == {"profile": "smoke"}
+    lines = [line for line in capsys.readouterr().out.splitlines() if "'value'" in line]
+    assert lines == ["parameter 'value' is passed only to the chapters that have it; ignored by: 02_b"]
+
+
+def test_papermill_run_from_the_repository_root_writes_nothing_there(tmp_path):
+    """The README's jupytext + papermill route: claims go to $GRADSIM_CACHE/results, not ./_results."""
+    _claiming_chapter(tmp_path / "02_b.md")
+    notebook = tmp_path / "02_b.ipynb"
+    subprocess.run([str(Path(sys.executable).with_name("jupytext")), "--to", "ipynb", "-o", str(notebook),
+                    str(tmp_path / "02_b.md")], check=True, capture_output=True)
+    before = set(os.listdir(ROOT))
+    env = {k: v for k, v in os.environ.items() if k not in ("GRADSIM_RESULTS", "GRADSIM_RUN_PARAMETERS")}
+    env["GRADSIM_CACHE"] = str(tmp_path / "cache")
+    subprocess.run([sys.executable, "-m", "papermill", str(notebook), str(tmp_path / "out.ipynb"), "-k", "python3",
+                    "-p", "seed", "2"], check=True, capture_output=True, cwd=ROOT, env=env, timeout=300)
+    assert set(os.listdir(ROOT)) == before
+    saved = json.loads((tmp_path / "cache" / "results" / "02_b.json").read_text())
+    assert [r["ours"] for r in saved.values()] == [2]

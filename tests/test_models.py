@@ -47,7 +47,7 @@ def test_second_load_comes_from_the_cache(smoke_models):
     assert not [n for n in names if n.startswith(".") or n.endswith(".tmp")]  # atomic writes
 
 
-def test_cached_model_trains_once_and_rebuilds(tmp_path, monkeypatch):
+def test_cached_model_trains_once_and_rebuilds(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("GRADSIM_CACHE", str(tmp_path))
     calls = []
 
@@ -58,10 +58,12 @@ def test_cached_model_trains_once_and_rebuilds(tmp_path, monkeypatch):
         return {"state_dict": training.cpu_state(net), "metrics": {"accuracy": 0.5}}
 
     for _ in range(2):
-        model, entry = training.cached_model("ns", "key", lambda: torch.nn.Linear(2, 2), train)
+        model, entry = training.cached_model("ns", "key", lambda: torch.nn.Linear(2, 2), train, "net (seed 3)")
         assert not model.training and torch.equal(model.weight, torch.ones(2, 2))
         assert entry == {"metrics": {"accuracy": 0.5}}
     assert len(calls) == 1 and (tmp_path / "ns" / "key.pt").is_file()
+    assert capsys.readouterr().out.splitlines() == ["training net (seed 3): no cached weights ns/key",
+                                                    "net (seed 3): cached weights ns/key"]   # one line per model
 
 
 def test_training_is_reproducible_and_reports_metrics(smoke_models):

@@ -173,3 +173,36 @@ def test_results_from_before_the_regimes_are_named_not_misread(tmp_path):
     (tmp_path / "05_y.json").write_text(json.dumps({"old_claim": {"claim_id": "old_claim", "verdict": "reproduced"}}))
     with pytest.raises(ValueError, match=r"05_y.json holds records written before .*\['old_claim'\].*make clean"):
         load_claims(tmp_path)
+
+
+def test_claims_carry_the_run_parameters_and_go_to_the_results_folder(tmp_path, monkeypatch):
+    from gradsim_utils.report import RESULTS_ENV, RUN_ENV, load_claims, record_claim, results_folder
+
+    kwargs = dict(chapter="03_x", source="000", claim="c", source_value="1", ours=1.0, verdict="reproduced")
+    monkeypatch.delenv(RESULTS_ENV, raising=False)
+    monkeypatch.delenv(RUN_ENV, raising=False)
+    monkeypatch.setenv("GRADSIM_CACHE", str(tmp_path / "cache"))
+    assert results_folder() == tmp_path / "cache" / "results"
+    assert record_claim("a", **kwargs)["parameters"] is None                      # not run by gradsim_utils.book
+    monkeypatch.setenv(RESULTS_ENV, str(tmp_path / "book" / "_results"))
+    monkeypatch.setenv(RUN_ENV, json.dumps({"profile": "smoke", "seed": 3}))
+    record_claim("a", **kwargs)
+    assert [c["parameters"] for c in load_claims()] == [{"profile": "smoke", "seed": 3}]
+    assert (tmp_path / "book" / "_results" / "03_x.json").is_file()
+
+
+def test_the_summary_refuses_to_mix_runs_and_names_chapters_and_values():
+    from gradsim_utils.report import one_run, parameters_text
+
+    def claim(chapter, **parameters):
+        return dict(_record("a", "tiny", "reproduced", chapter=chapter), parameters={"profile": "smoke", **parameters})
+
+    same = [claim("02_w", seed=0), claim("03_x", seed=0, n_bootstrap=50), claim("06_z", seed=0, image_folder="/d")]
+    assert one_run(same) == {"profile": "smoke", "seed": 0, "n_bootstrap": 50, "image_folder": "/d"}
+    assert parameters_text(one_run(same[:1])) == "profile='smoke', seed=0"
+    mixed = same + [claim("04_y", seed=3), claim("05_v", seed=3, n_bootstrap=10)]
+    with pytest.raises(ValueError) as info:
+        one_run(mixed)
+    message = str(info.value)
+    assert "seed: 0 in 02_w, 03_x, 06_z; 3 in 04_y, 05_v" in message
+    assert "n_bootstrap: 50 in 03_x; 10 in 05_v" in message and "profile" not in message.split("\n", 1)[1]
