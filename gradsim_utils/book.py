@@ -13,9 +13,11 @@ exit code and what to try.
 
 ``<output>/_timings.json`` keeps, per chapter, the wall time and the parameters of its last execution
 (``{"chapters": {stem: {"seconds", "parameters"}}, "up_to_date": [...]}``); a run of some chapters
-updates their entries and keeps the others'. The kernel of each chapter gets two environment variables
-(``gradsim_utils.report``): ``GRADSIM_RESULTS``, the folder ``<output>/_results`` its claims go to, and
-``GRADSIM_RUN_PARAMETERS``, the parameters recorded with them (``run_parameters``).
+updates their entries and keeps the others'. The kernel of each chapter gets three environment
+variables: ``GRADSIM_RESULTS``, the folder ``<output>/_results`` its claims go to, and
+``GRADSIM_RUN_PARAMETERS``, the parameters recorded with them (``run_parameters``; both read by
+``gradsim_utils.report``); ``PYTHONPATH``, which starts with this checkout, so that the kernel runs
+this checkout's package.
 
 A chapter whose executed notebook is up to date is not run again: its inputs (the text notebook,
 the parameters and the source of ``gradsim_utils``) are hashed into the executed notebook's
@@ -240,6 +242,13 @@ def _hide_injected_parameters_like_defaults(notebook) -> None:
             cell.metadata["tags"] = sorted(tags_of(cell) | display)
 
 
+def _kernel_python_path() -> str:
+    """``PYTHONPATH`` for a chapter's kernel: this checkout first, so the kernel imports the
+    ``gradsim_utils`` whose source ``chapter_inputs_hash`` hashed (not another checkout's editable
+    install that shares the environment)."""
+    return os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def execute_chapter(source: Path, output_dir: Path, parameters: dict, kernel_name: str = "python3",
                     progress: bool = True) -> Path:
     """Convert ``source`` to ``output_dir/<stem>.ipynb`` and execute it there with ``parameters``."""
@@ -251,7 +260,8 @@ def execute_chapter(source: Path, output_dir: Path, parameters: dict, kernel_nam
     jupytext.write(notebook, target)
     try:
         with _environment(**{RESULTS_ENV: str(output_dir.resolve() / "_results"),
-                             RUN_ENV: json.dumps(run_parameters(source, parameters), default=str)}):
+                             RUN_ENV: json.dumps(run_parameters(source, parameters), default=str),
+                             "PYTHONPATH": _kernel_python_path()}):
             papermill.execute_notebook(
                 str(target), str(target), parameters=parameters, kernel_name=kernel_name,
                 cwd=str(output_dir), progress_bar=progress, kernel_manager_class=_KernelManager,

@@ -30,7 +30,6 @@ __all__ = [
     "Representations",
     "input_gradients",
     "LayerTap",
-    "get_layer",
     "last_block_inner_conv",
     "frozen_eval",
     "as_image_tensor",
@@ -69,7 +68,6 @@ class Representations:
         return self.logits.shape[0]
 
 
-get_layer = nets.get_layer  # the one lookup of a layer by name, with close matches on a typo
 
 
 def last_block_inner_conv(model: nn.Module, stage: str = "layer4") -> str:
@@ -78,7 +76,7 @@ def last_block_inner_conv(model: nn.Module, stage: str = "layer4") -> str:
     ``conv2`` of a BasicBlock, ``conv3`` of a Bottleneck: its output comes before the block's batch
     norm, residual addition and ReLU, so gradient weights there depend on the input (DESIGN.md s. 7).
     """
-    blocks = get_layer(model, stage)
+    blocks = nets.get_layer(model, stage)
     if not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
         raise ValueError(f"{stage!r} must be a non-empty nn.Sequential of residual blocks")
     last = len(blocks) - 1
@@ -102,7 +100,7 @@ class LayerTap:
 
     def __init__(self, model: nn.Module, layer: str, start_graph: bool = True):
         self.name = layer
-        self.module = get_layer(model, layer)
+        self.module = nets.get_layer(model, layer)
         self.start_graph = start_graph
         self.features: torch.Tensor | None = None
         self._handle = None
@@ -359,7 +357,7 @@ def gradient_weight_identity_error(model: nn.Module, reps: Representations, clas
     linear layer ``classifier`` (torchvision ResNet's ``layer4``): then d y_c / d F_{k,h,w} =
     W_{c,k} / (H'W') for every input, so the gradient weights are the predicted class's row.
     """
-    fc = get_layer(model, classifier)
+    fc = nets.get_layer(model, classifier)
     if not isinstance(fc, nn.Linear):
         raise ValueError(f"classifier {classifier!r} must be an nn.Linear, got {type(fc).__name__}")
     k = reps.grad_weights.shape[1]

@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from . import extract
+from . import extract, nets
 from .cache import cache_key, cached_torch, content_digest
 from .devices import get_device, place
 from .nets import TinyResNet
@@ -410,7 +410,7 @@ def gradcam(model: nn.Module, images, layer: str = "layer4", targets=None, batch
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if weights not in ("gradient", "uniform"):
         raise ValueError(f"weights must be 'gradient' or 'uniform', got {weights!r}")
-    extract.get_layer(model, layer)
+    nets.get_layer(model, layer)
     applies = identity_applies(model, layer)
     if method == "identity" and not applies:
         raise ValueError(f"method='identity' needs layer4 of a ResNet feeding avgpool + fc; got layer {layer!r} "
@@ -453,7 +453,7 @@ def gradcam_with_control(model: nn.Module, images, layer: str, targets=None, bat
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    extract.get_layer(model, layer)
+    nets.get_layer(model, layer)
     images = extract.as_image_tensor(images)
     n, size = images.shape[0], tuple(images.shape[2:])
     targets = extract.as_targets(targets, n, extract.num_classes(model))

@@ -351,7 +351,7 @@ def test_loss_input_gradients_equal_a_per_image_loop():
 def test_last_block_inner_conv_names_the_torchvision_layer(arch, expected):
     net = getattr(torchvision.models, arch)(weights=None)
     assert extract.last_block_inner_conv(net) == expected
-    assert isinstance(extract.get_layer(net, expected), nn.Conv2d)
+    assert isinstance(nets.get_layer(net, expected), nn.Conv2d)
 
 
 def test_layer_outputs_match_torchvision_feature_extraction():
