@@ -6,17 +6,20 @@ import functools
 import http.server
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import nbformat
 import pytest
 import yaml
+from PIL import Image
 
-from gradsim_utils import book
+from gradsim_utils import book, plotting
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("GRADSIM_CHROMIUM", "/usr/bin/chromium")
@@ -36,6 +39,7 @@ def _copy_book_sources(dest: Path) -> None:
     for page in (ROOT / "book").iterdir():
         if page.suffix in {".md", ".bib"}:
             shutil.copy(page, dest / "book" / page.name)
+    shutil.copytree(ROOT / "book" / "_static", dest / "book" / "_static")
 
 
 @pytest.fixture(scope="session")
@@ -204,7 +208,14 @@ def served_site(smoke_site):
 
 
 SCREENSHOT_DIR = ROOT / "_build" / "screenshots"
-SCREENSHOT_PAGES = ("book/02_gradient_weights", "book/03_cosine_tables", "book/10_summary")
+#: The widths the book must read well at: a laptop window and a phone.
+VIEWPORTS = (1280, 400)
+#: Least padding of a table cell, each side (the browser's default 1 px lets numbers run together).
+MIN_CELL_PADDING_PX = 4
+#: Endings of file names that linkify could mistake for a host (``http://METHODS.md``): a dead link.
+FILE_SUFFIXES = {"md", "py", "ipynb", "txt", "csv", "json", "yml", "yaml", "toml", "cfg", "pt", "pth", "png", "sh"}
+#: MyST source that must not reach the reader: escaped underscores, unresolved glue, roles, directives.
+RAW_MARKUP = re.compile(r"\\_|\{glue|\{doc\}|\{[a-z][a-z:-]*\}`|^```\{", re.M)
 
 
 def _min_figures(page: str) -> int:
@@ -220,13 +231,86 @@ def _is_appendix(stem: str) -> bool:
     return jupytext.read(ROOT / "notebooks" / f"{stem}.md").metadata.get("gradsim", {}).get("always_execute", False)
 
 
-def test_site_renders_offline_in_headless_chromium(served_site):
+#: Per page: every table cell's padding, the page's and each table box's widths, the first column's
+#: position before and after the box is scrolled to its end, each output figure's sizes, and the links.
+_LAYOUT_JS = """() => {
+  const box = t => { let e = t.parentElement;
+    while (e && !['auto', 'scroll'].includes(getComputedStyle(e).overflowX)) e = e.parentElement; return e; };
+  const tables = [...document.querySelectorAll('main article table')].map(t => {
+    const b = box(t), first = t.querySelector('tbody tr > :first-child'), last = t.querySelector('tbody tr > :last-child');
+    const row = {wide: t.scrollWidth > (b ? b.clientWidth : t.clientWidth) + 1, boxed: !!b, text: t.innerText.slice(0, 40)};
+    if (row.wide && b && first && last) {
+      b.scrollLeft = b.scrollWidth;
+      const br = b.getBoundingClientRect(), fr = first.getBoundingClientRect(), lr = last.getBoundingClientRect();
+      row.firstVisible = fr.left >= br.left - 1 && fr.left <= br.left + 1;
+      row.lastReachable = lr.right <= br.right + 1 && br.right <= window.innerWidth + 1;
+      b.scrollLeft = 0;
+    }
+    return row; });
+  const cells = [...document.querySelectorAll('main article table th, main article table td')];
+  const pad = c => Math.min(parseFloat(getComputedStyle(c).paddingLeft), parseFloat(getComputedStyle(c).paddingRight));
+  return {
+    pageWidth: document.documentElement.scrollWidth, viewport: window.innerWidth, tables,
+    padding: cells.length ? Math.min(...cells.map(pad)) : null,
+    figures: [...document.querySelectorAll('main article .cell_output img')].map(i =>
+      ({src: i.src, natural: i.naturalWidth, shown: i.getBoundingClientRect().width})),
+    links: [...document.querySelectorAll('main article a[href]')].map(a => a.href),
+    mathBackslashes: document.querySelectorAll('main mjx-container mjx-c.mjx-c5C').length,
+  };
+}"""
+
+
+def _figure_text_px(html: Path, figure: dict) -> float:
+    """The smallest text of an output figure as shown: the size recorded in the PNG at save time
+    (``plotting.TEXT_PX_KEY``, px of the image) scaled by the displayed over the natural width."""
+    path = html / unquote(urlsplit(figure["src"]).path).lstrip("/")
+    recorded = Image.open(path).info.get(plotting.TEXT_PX_KEY)
+    if recorded is None:
+        return 0.0
+    return float(recorded) * figure["shown"] / figure["natural"]
+
+
+def _dead_link(href: str) -> bool:
+    """An http(s) link whose host is a file name (linkify's ``http://METHODS.md``) or has no domain."""
+    parts = urlsplit(href)
+    if parts.scheme not in {"http", "https"} or parts.hostname in {"127.0.0.1", "localhost"}:
+        return False
+    labels = (parts.hostname or "").split(".")
+    return len(labels) < 2 or labels[-1].lower() in FILE_SUFFIXES
+
+
+def reading_problems(page, html: Path, toc_page: str) -> list[str]:
+    """What keeps the loaded page from reading well at its viewport's width (empty when nothing)."""
+    width = page.viewport_size["width"]
+    found = page.evaluate(_LAYOUT_JS)
+    problems = []
+    if found["pageWidth"] > width + 1:
+        problems.append(f"the page scrolls sideways ({found['pageWidth']} px wide)")
+    if found["padding"] is not None and found["padding"] < MIN_CELL_PADDING_PX:
+        problems.append(f"table cells padded by only {found['padding']} px")
+    for table in found["tables"]:
+        if table["wide"] and not (table["boxed"] and table.get("firstVisible") and table.get("lastReachable")):
+            problems.append(f"wide table {table['text']!r}: not scrollable in its box with its first column kept")
+    for figure in found["figures"]:
+        shown = _figure_text_px(html, figure)
+        if shown < plotting.MIN_TEXT_PX:
+            problems.append(f"figure {figure['src'].rsplit('/', 1)[-1]}: text {shown:.1f} px")
+    raw = RAW_MARKUP.findall(page.inner_text("main article"))
+    if raw or found["mathBackslashes"]:
+        problems.append(f"raw markup shown: {raw[:3]}, {found['mathBackslashes']} backslashes in math")
+    problems += [f"dead link {href}" for href in found["links"] if _dead_link(href)]
+    return [f"{toc_page} at {width} px: {p}" for p in problems]
+
+
+def test_site_renders_offline_in_headless_chromium(smoke_site, served_site):
     """Every TOC page loads with the network cut off: figures decode, math is typeset by the site's
-    own MathJax, no cell shows an error, and nothing outside the local server is requested."""
+    own MathJax, no cell shows an error, and nothing outside the local server is requested. At 1,280
+    and 400 px every page reads well (:func:`reading_problems`); a screenshot of each is saved."""
     assert Path(CHROMIUM).exists(), f"headless Chromium not found at {CHROMIUM} (apt-get install chromium)"
     from playwright.sync_api import sync_playwright
 
     external: list[str] = []
+    problems: list[str] = []
 
     def only_local(route):
         if route.request.url.startswith(served_site):
@@ -241,27 +325,30 @@ def test_site_renders_offline_in_headless_chromium(served_site):
             executable_path=CHROMIUM,
             args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        context.route("**/*", only_local)
-        page = context.new_page()
-        for toc_page in _toc_files():
-            response = page.goto(f"{served_site}/{toc_page}.html", wait_until="networkidle")
-            assert response is not None and response.ok, toc_page
-            assert page.locator("h1").count() >= 1, toc_page
-            assert page.locator(".output.traceback, .output.error, .cell_output .error").count() == 0, toc_page
-            assert "Traceback (most recent call last)" not in page.content(), toc_page
-            assert "{glue" not in page.inner_text("main"), f"{toc_page}: an unresolved glue role"
-            images = page.eval_on_selector_all(
-                "main img", "els => els.map(e => e.complete && e.naturalWidth > 0)")
-            assert len(images) >= _min_figures(toc_page) and all(images), f"{toc_page}: figures missing or broken"
-            if page.locator("main .math").count():
-                page.wait_for_selector("main mjx-container", timeout=20_000)
-                assert page.locator("main mjx-container").count() >= 1, f"{toc_page}: math not typeset"
-                assert page.locator("main mjx-merror").count() == 0, f"{toc_page}: MathJax reported an error"
-            if toc_page in SCREENSHOT_PAGES:
-                page.screenshot(path=str(SCREENSHOT_DIR / f"{toc_page.split('/')[-1]}.png"), full_page=False)
+        for width in VIEWPORTS:
+            context = browser.new_context(viewport={"width": width, "height": 900})
+            context.route("**/*", only_local)
+            page = context.new_page()
+            for toc_page in _toc_files():
+                response = page.goto(f"{served_site}/{toc_page}.html", wait_until="networkidle")
+                assert response is not None and response.ok, toc_page
+                assert page.locator("h1").count() >= 1, toc_page
+                assert page.locator(".output.traceback, .output.error, .cell_output .error").count() == 0, toc_page
+                assert "Traceback (most recent call last)" not in page.content(), toc_page
+                assert "{glue" not in page.inner_text("main"), f"{toc_page}: an unresolved glue role"
+                images = page.eval_on_selector_all(
+                    "main img", "els => els.map(e => e.complete && e.naturalWidth > 0)")
+                assert len(images) >= _min_figures(toc_page) and all(images), f"{toc_page}: figures missing or broken"
+                if page.locator("main .math").count():
+                    page.wait_for_selector("main mjx-container", timeout=20_000)
+                    assert page.locator("main mjx-container").count() >= 1, f"{toc_page}: math not typeset"
+                    assert page.locator("main mjx-merror").count() == 0, f"{toc_page}: MathJax reported an error"
+                problems += reading_problems(page, smoke_site[1], toc_page)
+                page.screenshot(path=str(SCREENSHOT_DIR / f"{toc_page.split('/')[-1]}-{width}.png"), full_page=False)
+            context.close()
         browser.close()
     assert not external, f"the site requested resources outside itself: {sorted(set(external))[:5]}"
+    assert not problems, "\n".join(problems)
 
 
 def _claiming_chapter(path: Path, extra_parameters: str = "") -> None:

@@ -141,7 +141,7 @@ def test_rsvc_marker_model_family_trains(tmp_path):
                                   progress=False)
         print(a.gradsim_info.analysis_accuracy, b.gradsim_info.analysis_accuracy)
     """)
-    accuracies = [float(v) for v in out.split()]
+    accuracies = [float(v) for v in out.splitlines()[-1].split()]  # earlier lines: the cache's "training ..." notes
     assert len(accuracies) == 2 and all(0 <= a <= 1 for a in accuracies)
 
 
