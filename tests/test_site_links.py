@@ -108,6 +108,7 @@ def _build_small_book(root: Path, repository_url: str) -> Path:
     (root / "_toc.yml").write_text(f"format: jb-book\nroot: book/{CHAPTER}\n")
     (root / "book").mkdir()
     shutil.copy(ROOT / "book" / "references.bib", root / "book" / "references.bib")
+    shutil.copytree(ROOT / "book" / "_static", root / "book" / "_static")  # the config's html_static_path
     nbformat.write(_executed_notebook(), root / "book" / f"{CHAPTER}.ipynb")
     (root / site_links.SOURCE_DIR).mkdir()
     (root / site_links.SOURCE_DIR / f"{CHAPTER}.md").write_text("# A made-up chapter\n")
