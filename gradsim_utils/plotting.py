@@ -12,7 +12,9 @@ import base64
 import io
 
 import matplotlib as mpl
+import matplotlib.pyplot as plt
 import seaborn as sns
+from IPython import get_ipython
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
@@ -38,14 +40,10 @@ def setup(dpi: int = 110) -> None:
     sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE, font_scale=0.9)
     mpl.rcParams.update({"figure.dpi": dpi, "savefig.dpi": dpi, "figure.autolayout": False,
                          "axes.titlesize": "medium", "image.cmap": "viridis"})
-    try:
-        from IPython import get_ipython
-    except ImportError:  # plain Python: figures are saved by their caller
-        return
     shell = get_ipython()
-    if shell is not None:
-        import matplotlib.pyplot as plt  # loading the inline backend now, not at the first figure, keeps
-        plt.switch_backend(mpl.get_backend())  # it from replacing the printer registered here
+    if shell is not None:  # in plain Python (no shell) figures are saved by their caller
+        # loading the inline backend now, not at the first figure, keeps it from replacing the printer
+        plt.switch_backend(mpl.get_backend())
         shell.display_formatter.formatters["image/png"].for_type(Figure, png)
 
 
