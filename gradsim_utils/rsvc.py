@@ -572,6 +572,7 @@ def marker_models(name: str, marker_class: int, marker_rate: float, n_train_per_
     probe = data.make_benchmark(1, "train", seed=seed, image_size=size, marker_class=marker_class,
                                 marker_rate=1.0)
     renderer = content_digest(probe.images, probe.marker_masks)[:16] + training.benchmark_fingerprint(seed, size)
+    run = training.run_seed(seed, train_seed)
     out = []
     for mode in ("class", "random"):
         key = cache_key(step="rsvc-marker-model", **_schedule_key(name, epochs, batch_size, base_width, seed),
@@ -580,7 +581,6 @@ def marker_models(name: str, marker_class: int, marker_rate: float, n_train_per_
                         n_train_per_class=n_train_per_class, image_size=size, renderer=renderer,
                         evaluation=content_digest(analysis.images, analysis.labels)[:16])
         make = (lambda m=mode: _marker_train_set(m, marker_class, marker_rate, n_train_per_class, size, seed))
-        run = training.run_seed(seed, train_seed)
         label = f"{name} marker model {'A' if mode == 'class' else 'B'} (seed {seed}, training seed {run})"
         out.append(_cached_training(key, name, make, analysis, epochs, batch_size, base_width,
                                     run, get_device(device), progress, label))
