@@ -36,7 +36,7 @@ import torch
 import torchvision
 from torch import nn
 
-from . import data, training
+from . import checks, data, training
 from .devices import get_device
 from .nets import HeadNotFoundError, ModelInfo, build_tiny_resnet, find_head, model_info
 from .profiles import TINY_MODELS, TORCHVISION_MODELS, Profile, chapter_settings, get_profile, training_seeds
@@ -45,6 +45,7 @@ __all__ = [
     "MODEL_NAMES", "TIMM_PREFIX", "LiteModel", "LITE_MODELS", "WeightsUnavailableError", "hub_checkpoint_path",
     "timm_weights_file", "torchvision_model_names", "model_family", "read_class_names", "load_model",
     "models_for_profile", "RegimeRun", "regime_runs", "class_logit_indices", "imagenet_class_indices",
+    "YourModels", "your_models", "your_runs", "output_targets",
 ]
 
 
@@ -538,3 +539,110 @@ def models_for_profile(profile: str | Profile, device: str | torch.device = "aut
     prof = _as_profile(profile)
     return [(name, load_model(name, prof, device=device, seed=seed, progress=progress))
             for name in prof.models]
+
+
+# ---------------------------------------------------------------------------------------------
+# your models and images: the chapters' model_names, weights, checkpoint, class_names,
+# image_folder and annotations parameters
+
+
+class YourModels(NamedTuple):
+    """A reader's choice of models and images for a chapter (checked by :func:`your_models`).
+    ``model_names`` empty: the profile's models; ``image_folder`` None: the profile's images."""
+
+    model_names: tuple[str, ...]
+    weights: str | None
+    checkpoint: Path | None
+    class_names: Path | None
+    image_folder: Path | None
+    annotations: Path | None
+
+    def describe(self) -> str:
+        """One sentence for the chapter's text: which models on which images."""
+        if self.model_names:
+            weights = ("the checkpoint " + self.checkpoint.name if self.checkpoint is not None
+                       else "random weights" if self.weights is None
+                       else "the profile's weights" if self.weights == "default" else f"weights {self.weights}")
+            models = f"{', '.join(self.model_names)} ({weights})"
+        else:
+            models = "the profile's models"
+        images = f"the images in {self.image_folder}" if self.image_folder is not None else "the profile's images"
+        return f"{models} on {images}"
+
+
+def _optional_path(value) -> Path | None:
+    return None if value is None or value == "" else Path(value).expanduser()
+
+
+def your_models(model_names=None, weights="default", checkpoint=None, class_names=None,
+                image_folder=None, annotations=None) -> YourModels | None:
+    """Check a chapter's "your models and images" parameters up front; None when none is set
+    (the chapter runs its profile's models on its images).
+
+    model_names: None or a list of names that :func:`model_family` knows (the book's models, any
+    torchvision classifier, ``"timm:<name>"``); weights: as in :func:`load_model`; checkpoint (one
+    model in ``model_names``) and class_names: files; image_folder: a ``root/<class>/<image>``
+    folder; annotations: a box CSV (:func:`data.read_annotations`), only with image_folder.
+    Every error names the parameter.
+    """
+    if model_names is not None:
+        if isinstance(model_names, str) or not isinstance(model_names, Sequence) or not model_names:
+            raise ValueError(f"model_names must be None or a non-empty list of model names, e.g. ['vgg11'], "
+                             f"got {model_names!r}")
+        for name in model_names:
+            try:
+                model_family(name)
+            except ValueError as err:
+                raise ValueError(f"model_names: {err}") from None
+        if len(set(model_names)) != len(model_names):
+            raise ValueError(f"model_names repeats a name: {list(model_names)}")
+    if weights is not None and not isinstance(weights, str):
+        raise ValueError(f"weights must be 'default', a weights name or None (random), got {weights!r}")
+    checks.files(checkpoint=checkpoint, class_names=class_names, annotations=annotations)
+    checks.folders(image_folder=image_folder)
+    if checkpoint not in (None, "") and (model_names is None or len(model_names) != 1):
+        raise ValueError("checkpoint needs exactly one architecture in model_names, e.g. ['resnet18'], "
+                         f"got model_names={model_names!r}")
+    if (checkpoint not in (None, "") or class_names not in (None, "")) and model_names is not None and any(
+            model_family(name) not in ("torchvision", "timm") for name in model_names):
+        raise ValueError("checkpoint and class_names apply to torchvision architectures and 'timm:<name>', "
+                         f"not to the book's own models; got model_names={list(model_names)}")
+    if class_names not in (None, "") and model_names is None:
+        raise ValueError("class_names sets the outputs of the models in model_names; model_names is None")
+    if annotations not in (None, "") and image_folder in (None, ""):
+        raise ValueError("annotations gives boxes for the images in image_folder; image_folder is None")
+    if model_names is None and image_folder in (None, "") and weights == "default":
+        return None
+    return YourModels(tuple(model_names or ()), weights, _optional_path(checkpoint), _optional_path(class_names),
+                      _optional_path(image_folder), _optional_path(annotations))
+
+
+def your_runs(profile: str | Profile, choice: YourModels, device: str | torch.device = "auto", seed: int = 0,
+              progress: bool = True) -> Iterator[RegimeRun]:
+    """The models of ``choice`` one at a time, each with its images at the model's input size: the
+    reader's ``image_folder`` (unreadable files skipped with a warning naming them) or the
+    profile's analysis images; ``model_names`` empty: the profile's models (their first training run)."""
+    prof = _as_profile(profile)
+    datasets: dict[int, data.Benchmark | data.ImageFolder] = {}
+    for name in choice.model_names or prof.models:
+        model = load_model(name, prof, weights=choice.weights, checkpoint=choice.checkpoint,
+                           class_names=choice.class_names, device=device, seed=seed, progress=progress)
+        size = model.gradsim_info.input_size
+        if size not in datasets:
+            datasets[size] = (data.load_image_folder(choice.image_folder, image_size=size, on_error="skip",
+                                                     annotations=choice.annotations)
+                              if choice.image_folder is not None else
+                              data.load_profile_data(replace(prof, image_size=size), split="analysis", seed=seed,
+                                                     device=device))
+        yield RegimeRun(name, model, datasets[size])
+
+
+def output_targets(model: nn.Module, class_names: Sequence[str], labels) -> torch.Tensor | None:
+    """The logit of each image's own class (:func:`class_logit_indices`), or None when the
+    dataset's classes are not among the model's outputs (e.g. made-up folder names on an ImageNet
+    model); chapters then differentiate the predicted class."""
+    try:
+        indices = torch.as_tensor(class_logit_indices(model, class_names))
+    except ValueError:
+        return None
+    return indices[torch.as_tensor(labels).long()]
