@@ -20,7 +20,7 @@ import torch
 from scipy import ndimage
 
 __all__ = ["SEED004_THRESHOLD", "SEED004_MIN_IOU", "CENTRE_PRIOR_SIGMA", "centre_prior", "area_chance", "normalise_maps", "threshold_box", "threshold_boxes",
-           "paired_box_iou", "localisation_hits", "localisation_accuracy", "pointing_game", "mask_iou"]
+           "paired_box_iou", "localisation_hits", "localisation_accuracy", "pointing_game", "mask_iou", "box_masks"]
 
 SEED004_THRESHOLD = 0.2
 SEED004_MIN_IOU = 0.5
@@ -169,6 +169,20 @@ def pointing_game(maps, masks) -> torch.Tensor:
         raise ValueError(f"maps {tuple(maps.shape)} and masks {tuple(masks.shape)} differ in shape")
     peaks = maps == maps.flatten(1).max(1).values[:, None, None]
     return (peaks & masks).flatten(1).any(1)
+
+
+def box_masks(boxes, size: int | tuple[int, int]) -> torch.Tensor:
+    """(N, H, W) bool masks of (N, 4) boxes (x0, y0, x1, y1) in pixel edges, possibly fractional (a
+    folder's boxes after resizing): a pixel is in its box when its centre is. A NaN row (no box) gives
+    an empty mask."""
+    boxes = torch.as_tensor(boxes, dtype=torch.float64)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must be (N, 4) x0, y0, x1, y1, got shape {tuple(boxes.shape)}")
+    h, w = (size, size) if isinstance(size, int) else size
+    ys, xs = torch.arange(h, dtype=torch.float64) + 0.5, torch.arange(w, dtype=torch.float64) + 0.5
+    x0, y0, x1, y1 = (boxes[:, i, None] for i in range(4))
+    in_x, in_y = (xs >= x0) & (xs <= x1), (ys >= y0) & (ys <= y1)  # NaN compares False
+    return in_y[:, :, None] & in_x[:, None, :]
 
 
 def mask_iou(binary_a, binary_b) -> torch.Tensor:

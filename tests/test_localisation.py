@@ -92,6 +92,20 @@ def test_pointing_game_of_the_centre_prior_on_hand_made_masks():
     assert loc.pointing_game(prior, masks).tolist() == [True, False, True]
 
 
+def test_box_masks_hold_the_pixels_whose_centres_lie_in_the_box():
+    boxes = torch.tensor([[1.0, 0.0, 3.0, 2.0], [0.4, 0.6, 1.6, 1.6], [float("nan")] * 4])
+    masks = loc.box_masks(boxes, (3, 4))
+    expected = torch.zeros(3, 3, 4, dtype=torch.bool)
+    expected[0, 0:2, 1:3] = True  # integer edges, x1/y1 exclusive
+    expected[1, 1, 0:2] = True    # fractional edges: x centres 0.5, 1.5 in [0.4, 1.6]; y only 1.5 in [0.6, 1.6]
+    assert torch.equal(masks, expected)  # the NaN row: no box, an empty mask
+    maps = torch.zeros(3, 3, 4)
+    maps[:, 1, 2] = 1
+    assert loc.pointing_game(maps, masks).tolist() == [True, False, False]
+    with pytest.raises(ValueError, match=r"\(N, 4\)"):
+        loc.box_masks(torch.zeros(4), 3)
+
+
 def test_area_chance_is_the_object_share():
     masks = torch.zeros(2, 4, 5, dtype=torch.bool)
     masks[0, :2, :] = True

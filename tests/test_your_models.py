@@ -126,3 +126,25 @@ def test_chapter_runs_your_model_on_your_folder(tmp_path, your_files, chapter, k
     out = book.execute_chapter(CHAPTER[chapter], tmp_path, {"profile": "smoke", **parameters}, progress=False)
     text = _executed_text(Path(out))
     assert yours["model_names"][0] in text and str(your_files["images"]) in text
+
+
+# chapter 04
+
+
+def test_chapter_04_figure_model_is_checked_against_your_model_names(tmp_path, your_files):
+    """figure_model must name one of the reader's models (not the profile's) and fails before any clustering."""
+    with pytest.raises(book.ChapterFailed, match=r"figure_model.*vgg11"):
+        book.execute_chapter(CHAPTER["04"], tmp_path, {"profile": "smoke", "model_names": ["vgg11"], "weights": None,
+                                                      "image_folder": str(your_files["images"]),
+                                                      "figure_model": "tiny-resnet18"}, progress=False)
+
+
+# chapter 05
+
+
+def test_chapter_05_checks_layer_up_front_with_close_matches(tmp_path, your_files):
+    """A layer name the model lacks fails at the first model, naming close matches, before any map."""
+    with pytest.raises(book.ChapterFailed, match=r"unknown layer 'features\.28' in VGG; close matches"):
+        book.execute_chapter(CHAPTER["05"], tmp_path, {"profile": "smoke", "model_names": ["vgg11"], "weights": None,
+                                                      "image_folder": str(your_files["images"]),
+                                                      "layer": "features.28"}, progress=False)
