@@ -128,6 +128,23 @@ def test_chapter_runs_your_model_on_your_folder(tmp_path, your_files, chapter, k
     assert yours["model_names"][0] in text and str(your_files["images"]) in text
 
 
+# chapter 08
+
+
+def test_sfam_chapter_localises_only_the_boxed_images_of_your_folder(tmp_path, your_files):
+    """Chapter 8 on the three-class folder: episodes of min(5, classes) ways, localisation on the
+    images with a box (the one without is left out and counted)."""
+    parameters = {"profile": "smoke", "model_names": ["resnet18"], "checkpoint": str(your_files["checkpoint"]),
+                  "class_names": str(your_files["class_names"]), "image_folder": str(your_files["images"]),
+                  "annotations": str(your_files["annotations"]), "n_train_seeds": 1}
+    out = json.loads(Path(book.execute_chapter(CHAPTER["08"], tmp_path, parameters, progress=False)).read_text())
+    text = "\n".join(str(value) for cell in out["cells"] for output in cell.get("outputs", [])
+                     for key, value in output.get("data", {}).items() if key.endswith("text/plain") or key == "text/html")
+    assert "3-way episodes (5-way needs 5 classes; this data has 3)" in text
+    assert f"localisation on the {len(CLASSES) * IMAGES_PER_CLASS - 1} images with a box" in text
+    assert "1 left out" in text and "resnet18 (euclidean)" in text
+
+
 # chapter 09
 
 
