@@ -16,6 +16,8 @@ more dimensions than there are samples.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -25,7 +27,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score
 from torch import nn
 
-from . import checks, data, extract, nets, provenance, similarity, training
+from . import checks, data, extract, models, nets, provenance, similarity, training
 from .cache import cache_key
 from .devices import get_device, place
 from .profiles import TINY_MODELS
@@ -34,7 +36,8 @@ from .stats import weighted_means
 __all__ = [
     "FORMS", "CODE_VERSION", "same_class_pairs", "gradient_alignment_loss",
     "hvp", "gaussian_mutual_information",
-    "train_aligned", "aligned_model", "input_hessian_top_eigenvalue", "alignment_measures",
+    "fit_aligned", "train_aligned", "aligned_model", "start_model", "split_per_class", "inner_conv",
+    "input_hessian_top_eigenvalue", "alignment_measures",
 ]
 
 FORMS = ("euclidean", "cosine")
@@ -195,36 +198,26 @@ def _aligned_key(name, form, lam, seed, data_seed, image_size, n_train_per_class
     )
 
 
-def train_aligned(name: str = "tiny-resnet18", *, form: str = "cosine", lam: float = 0.0, seed: int = 0,
-                  data_seed: int = 0, image_size: int = 32, n_train_per_class: int = 150,
-                  n_analysis_per_class: int = 50, epochs: int = 2, batch_size: int = 64,
-                  base_width: int = 16, device="auto", progress: bool = True) -> tuple[dict, dict]:
-    """Train a tiny ResNet on the benchmark with L_total = L_cls + lam * L_grad (seed 001).
+def fit_aligned(build, images: torch.Tensor, labels: torch.Tensor, *, form: str = "cosine", lam: float = 0.0,
+                seed: int = 0, epochs: int = 2, batch_size: int = 64, device="auto", desc: str | None = None,
+                eval_images: torch.Tensor | None = None) -> tuple[nn.Module, dict]:
+    """Train ``build()`` (called under ``torch.manual_seed(seed)``) on uint8 ``images`` with
+    L_total = L_cls + lam * L_grad (seed 001).
 
-    The model builder, optimiser and schedule are ``training.py``'s (AdamW + one-cycle, label-smoothed
-    L_cls; ``training.RECIPE``). L_grad is :func:`gradient_alignment_loss` (``form``, mean over the
-    batch's same-class pairs) of the input gradients of the plain cross-entropy, built with
+    The optimiser and schedule are ``training.py``'s (AdamW + one-cycle, label-smoothed L_cls;
+    ``training.RECIPE``). L_grad is :func:`gradient_alignment_loss` (``form``, mean over the batch's
+    same-class pairs) of the input gradients of the plain cross-entropy, built with
     ``create_graph=True``; ``lam == 0`` skips the double backward, so training times compare.
-    ``seed`` sets initialisation and batch order; ``data_seed`` the benchmark images. Returns the
-    state dict (CPU) and metrics: analysis accuracy, training seconds, mean L_cls and L_grad of the
-    last epoch. Training runs in the contiguous memory format (``training.fit``,
+    ``seed`` sets initialisation and batch order. Returns the model and its training metrics
+    (seconds, mean L_cls and L_grad of the last epoch, threads, machine; ``preds`` of
+    ``eval_images`` when given). Training runs in the contiguous memory format (``training.fit``,
     ``devices.memory_format``): with channels-last, the double backward of a tiny ResNet of base width
     4 corrupted the heap on CPU ("double free or corruption"), the oneDNN bug of DESIGN.md 5b.
     """
     checks.one_of(FORMS, form=form)
-    if name not in TINY_MODELS:
-        raise ValueError(f"unknown tiny ResNet {name!r}; choose one of {list(TINY_MODELS)}")
     if not (isinstance(lam, (int, float)) and np.isfinite(lam) and lam >= 0):
         raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
-    for field, value in (("image_size", image_size), ("n_train_per_class", n_train_per_class),
-                         ("n_analysis_per_class", n_analysis_per_class), ("epochs", epochs),
-                         ("batch_size", batch_size), ("base_width", base_width)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{field} must be an int >= 1, got {value!r}")
     dev = get_device(device)
-    train = data.make_benchmark(n_per_class=n_train_per_class, split="train", seed=data_seed, image_size=image_size)
-    analysis = data.make_benchmark(n_per_class=n_analysis_per_class, split="analysis", seed=data_seed,
-                                   image_size=image_size)
     generator = torch.Generator().manual_seed(seed)
 
     def aligned_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,22 +231,53 @@ def train_aligned(name: str = "tiny-resnet18", *, form: str = "cosine", lam: flo
 
     with torch.random.fork_rng(devices=[]), training.cpu_threads():
         torch.manual_seed(seed)
-        model = nets.build_tiny_resnet(name, len(train.class_names), base_width)
+        model = build()
         seconds, (cls_loss, grad_loss), _ = training.fit(
-            model, train.images, train.labels, epochs=epochs, batch_size=batch_size, generator=generator,
-            device=dev, desc=f"{name} {form} lambda={lam:g}" if progress else None, step_loss=aligned_step)
-        threads = torch.get_num_threads()
-        machine = provenance.training_machine(dev)
-        preds = training.evaluate(model, analysis.images, dev)
+            model, images, labels, epochs=epochs, batch_size=batch_size, generator=generator,
+            device=dev, desc=desc, step_loss=aligned_step)
+        metrics = {"train_seconds": seconds, "final_cls_loss": cls_loss, "final_grad_loss": grad_loss,
+                   "threads": torch.get_num_threads(), "machine": provenance.training_machine(dev)}
+        if eval_images is not None:
+            metrics["preds"] = training.evaluate(model, eval_images, dev)
+    return model, metrics
+
+
+def train_aligned(name: str = "tiny-resnet18", *, form: str = "cosine", lam: float = 0.0, seed: int = 0,
+                  data_seed: int = 0, image_size: int = 32, n_train_per_class: int = 150,
+                  n_analysis_per_class: int = 50, epochs: int = 2, batch_size: int = 64,
+                  base_width: int = 16, device="auto", progress: bool = True) -> tuple[dict, dict]:
+    """Train a tiny ResNet on the benchmark with :func:`fit_aligned` (seed 001's L_cls + lam * L_grad).
+
+    The model builder is ``nets.build_tiny_resnet``. ``seed`` sets initialisation and batch order;
+    ``data_seed`` the benchmark images. Returns the state dict (CPU) and metrics: analysis accuracy,
+    training seconds, mean L_cls and L_grad of the last epoch.
+    """
+    checks.one_of(FORMS, form=form)
+    if name not in TINY_MODELS:
+        raise ValueError(f"unknown tiny ResNet {name!r}; choose one of {list(TINY_MODELS)}")
+    if not (isinstance(lam, (int, float)) and np.isfinite(lam) and lam >= 0):
+        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+    for field, value in (("image_size", image_size), ("n_train_per_class", n_train_per_class),
+                         ("n_analysis_per_class", n_analysis_per_class), ("epochs", epochs),
+                         ("batch_size", batch_size), ("base_width", base_width)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{field} must be an int >= 1, got {value!r}")
+    train = data.make_benchmark(n_per_class=n_train_per_class, split="train", seed=data_seed, image_size=image_size)
+    analysis = data.make_benchmark(n_per_class=n_analysis_per_class, split="analysis", seed=data_seed,
+                                   image_size=image_size)
+    model, fitted = fit_aligned(
+        lambda: nets.build_tiny_resnet(name, len(train.class_names), base_width), train.images, train.labels,
+        form=form, lam=lam, seed=seed, epochs=epochs, batch_size=batch_size, device=device,
+        desc=f"{name} {form} lambda={lam:g}" if progress else None, eval_images=analysis.images)
     metrics = {
-        "analysis_accuracy": float((preds == analysis.labels).float().mean()),
-        "train_seconds": seconds,
-        "final_cls_loss": cls_loss,
-        "final_grad_loss": grad_loss,
+        "analysis_accuracy": float((fitted["preds"] == analysis.labels).float().mean()),
+        "train_seconds": fitted["train_seconds"],
+        "final_cls_loss": fitted["final_cls_loss"],
+        "final_grad_loss": fitted["final_grad_loss"],
         "n_train": len(train.labels),
-        "threads": threads,
+        "threads": fitted["threads"],
         "class_names": list(train.class_names),
-        "machine": machine,
+        "machine": fitted["machine"],
     }
     return training.cpu_state(model), metrics
 
@@ -289,6 +313,65 @@ def aligned_model(name: str = "tiny-resnet18", *, form: str = "cosine", lam: flo
     model.gradsim_info = training.benchmark_info(name, image_size, metrics["class_names"],
                                                  f"aligned {form} lambda={lam:g}", metrics)
     return model.to(dev), metrics
+
+
+def start_model(name: str, class_names, *, profile="smoke", weights: str | None = None, checkpoint=None,
+                class_file=None, image_size: int | None = None, seed: int = 0,
+                base_width: int = 16) -> tuple[nn.Module, torch.Tensor]:
+    """The model :func:`fit_aligned` starts from on a dataset with ``class_names``, and the logit
+    index of each class (labels to train on).
+
+    ``tiny-resnetNN``, and any architecture with ``weights=None`` and no ``checkpoint``: random
+    (seeded) weights with one output per class, run at ``image_size`` px (None, or a size the
+    architecture cannot run: its own input size). Otherwise ``models.load_model``'s ``weights``,
+    ``checkpoint`` and ``class_file`` are the starting weights, at the model's input size; their
+    outputs must include the dataset's classes (``models.output_targets``), else ValueError naming
+    ``weights``.
+    """
+    classes = tuple(class_names)
+    if models.model_family(name) == "tiny":
+        model = nets.build_tiny_resnet(name, len(classes), base_width)
+        model.gradsim_info = training.benchmark_info(name, image_size or 32, classes)
+        return model, torch.arange(len(classes))
+    random_init = weights is None and checkpoint is None
+    rebuild = random_init and models.model_family(name) in ("torchvision", "timm")
+    model = models.load_model(name, profile, weights=weights, checkpoint=checkpoint,
+                              class_names=classes if rebuild else class_file, device="cpu", seed=seed,
+                              progress=False)
+    targets = models.output_targets(model, classes, torch.arange(len(classes)))
+    if targets is None:
+        raise ValueError(f"weights: {name}'s outputs ({len(model.gradsim_info.class_names)} classes) do not include "
+                         f"the dataset's classes {list(classes)[:5]}; train from weights=None (random, one output "
+                         "per class) or give a checkpoint with its class_names file")
+    if random_init and image_size is not None:
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 3, image_size, image_size))
+            model.gradsim_info = replace(model.gradsim_info, input_size=image_size)
+        except RuntimeError:  # e.g. a vision transformer's fixed patch grid: its own input size
+            pass
+    return model, targets
+
+
+def split_per_class(labels, analysis_share: float = 0.5, seed: int = 0, parameter: str = "image_folder",
+                    min_train: int = 1, min_analysis: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded split of each class's images into training and analysis indices: round(share x n)
+    analysis images per class (at least ``min_analysis``: one same-class pair), the rest training
+    (at least ``min_train``). A class with fewer than ``min_train + min_analysis`` images raises
+    ValueError naming ``parameter`` and the class."""
+    labels = torch.as_tensor(labels).long()
+    gen = torch.Generator().manual_seed(seed)
+    train, analysis = [], []
+    for c in labels.unique().tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        if len(idx) < min_train + min_analysis:
+            raise ValueError(f"{parameter}: class {c} has {len(idx)} images; the alignment experiment needs at least "
+                             f"{min_train + min_analysis} per class ({min_train} to train, {min_analysis} to analyse)")
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        n_analysis = min(max(min_analysis, round(analysis_share * len(idx))), len(idx) - min_train)
+        analysis.append(idx[:n_analysis].sort().values)
+        train.append(idx[n_analysis:].sort().values)
+    return torch.cat(train), torch.cat(analysis)
 
 
 def input_hessian_top_eigenvalue(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
@@ -356,8 +439,18 @@ def _pair_mi(x: torch.Tensor, labels: torch.Tensor, same: bool, dim: int, max_pa
     return gaussian_mutual_information(flat[i[pick]], flat[j[pick]], dim=dim)
 
 
+def inner_conv(model: nn.Module, layer: str = "layer4") -> str | None:
+    """The last residual block's inner convolution in stage ``layer``
+    (``extract.last_block_inner_conv``), or None when ``layer`` is not a stage of residual blocks."""
+    try:
+        return extract.last_block_inner_conv(model, layer)
+    except ValueError:
+        return None
+
+
 def alignment_measures(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, seed: int = 0,
-                       batch_size: int = 64, mi_pairs: int = 2000, device="auto", counts=None) -> dict:
+                       batch_size: int = 64, mi_pairs: int = 2000, device="auto", counts=None,
+                       layer: str = "layer4") -> dict:
     """What the chapter reports for one trained model, on (analysis) ``images`` and true ``labels``.
 
     accuracy; input-gradient cosine (seed 001's g = dL/dx) within class (mean over unordered pairs,
@@ -367,6 +460,9 @@ def alignment_measures(model: nn.Module, images: torch.Tensor, labels: torch.Ten
     of input gradients and of inner-conv gradient weights; Gaussian MI of same-class and
     different-class pairs of input gradients, on dim = min(classes, N // 4) principal components;
     the mean same-class ||g_i - g_j||^2 and its norm part mean(||g_i||^2 + ||g_j||^2).
+    ``layer`` (default ``layer4``) is the layer of the gradient weights; when it is not a stage of
+    residual blocks (``extract.last_block_inner_conv`` fails, e.g. a VGG's convolution) the inner-conv
+    measures are NaN (:func:`inner_conv`).
 
     With ``counts`` (R, N) from ``stats.image_bootstrap_counts`` the dict also holds "replicates":
     for accuracy, the input-gradient cosines within and between classes, mean ||g|| and the ARI of
@@ -377,12 +473,17 @@ def alignment_measures(model: nn.Module, images: torch.Tensor, labels: torch.Ten
     lab = labels.numpy()
     grads = extract.loss_input_gradients(model, images, labels, batch_size=batch_size, device=device,
                                          progress=False)
-    reps4 = extract.representations(model, images, layer="layer4", batch_size=batch_size, device=device,
+    reps4 = extract.representations(model, images, layer=layer, batch_size=batch_size, device=device,
                                     keep_features=False, progress=False)
-    inner = extract.representations(model, images, layer=extract.last_block_inner_conv(model),
-                                    batch_size=batch_size, device=device, keep_features=False, progress=False)
     gw4_within, _ = _mean_within_between(similarity.cosine_matrix(reps4.grad_weights), labels)
-    inner_within, inner_between = _mean_within_between(similarity.cosine_matrix(inner.grad_weights), labels)
+    inner_layer = inner_conv(model, layer)
+    if inner_layer is None:
+        inner_within = inner_between = ari_inner = float("nan")
+    else:
+        inner = extract.representations(model, images, layer=inner_layer, batch_size=batch_size, device=device,
+                                        keep_features=False, progress=False)
+        inner_within, inner_between = _mean_within_between(similarity.cosine_matrix(inner.grad_weights), labels)
+        ari_inner = float(_partition_ari(lab, _kmeans_partition(inner.grad_weights, labels, seed), None)[0])
     dim = max(1, min(len(torch.unique(labels)), len(labels) // 4))
     flat = grads.flatten(1).double()
     gram = flat @ flat.T
@@ -404,7 +505,7 @@ def alignment_measures(model: nn.Module, images: torch.Tensor, labels: torch.Ten
         "gw_inner_within": inner_within,
         "gw_inner_between": inner_between,
         "ari_input_grad": float(ari_g[0]),
-        "ari_gw_inner": float(_partition_ari(lab, _kmeans_partition(inner.grad_weights, labels, seed), None)[0]),
+        "ari_gw_inner": ari_inner,
         "mi_same_class": _pair_mi(grads, labels, True, dim, mi_pairs, seed),
         "mi_diff_class": _pair_mi(grads, labels, False, dim, mi_pairs, seed),
         "mi_dim": dim,

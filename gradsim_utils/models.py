@@ -419,7 +419,7 @@ def load_model(name: str, profile: str | Profile = "quick", weights: str | None 
     the profile's ``weights`` field (None: random; a name the model lacks: ``"DEFAULT"``).
     ``checkpoint``: a state-dict file (.pt/.pth, or .safetensors) for a torchvision or timm
     architecture, loaded instead of ``weights``; ``class_names``: a text file with one class name per
-    line, whose length sets the number of outputs (the head is rebuilt before loading; with
+    line (or the names themselves), whose length sets the number of outputs (the head is rebuilt before loading; with
     ``checkpoint`` or ``weights=None``). For ``tiny-resnetNN``, ``"default"`` (or ``"trained"``)
     trains on the benchmark with the profile's settings (cached). For ``efficientnet-liteN``,
     ``"default"`` (or ``"IMAGENET1K"``) loads the shipped ImageNet weights. ``train_seed`` (trained
@@ -429,7 +429,8 @@ def load_model(name: str, profile: str | Profile = "quick", weights: str | None 
     family = model_family(name)
     if (checkpoint is not None or class_names is not None) and family not in ("torchvision", "timm"):
         raise ValueError(f"checkpoint= and class_names= apply to torchvision and timm architectures, not {name!r}")
-    names = read_class_names(class_names) if class_names is not None else None
+    names = (None if class_names is None else read_class_names(class_names)
+             if isinstance(class_names, (str, Path)) else tuple(class_names))
     prof = _as_profile(profile)
     dev = get_device(device)
     if family == "torchvision":

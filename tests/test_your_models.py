@@ -148,3 +148,61 @@ def test_chapter_05_checks_layer_up_front_with_close_matches(tmp_path, your_file
         book.execute_chapter(CHAPTER["05"], tmp_path, {"profile": "smoke", "model_names": ["vgg11"], "weights": None,
                                                       "image_folder": str(your_files["images"]),
                                                       "layer": "features.28"}, progress=False)
+
+
+# chapter 08
+
+
+def test_sfam_chapter_localises_only_the_boxed_images_of_your_folder(tmp_path, your_files):
+    """Chapter 8 on the three-class folder: episodes of min(5, classes) ways, localisation on the
+    images with a box (the one without is left out and counted)."""
+    parameters = {"profile": "smoke", "model_names": ["resnet18"], "checkpoint": str(your_files["checkpoint"]),
+                  "class_names": str(your_files["class_names"]), "image_folder": str(your_files["images"]),
+                  "annotations": str(your_files["annotations"]), "n_train_seeds": 1}
+    out = json.loads(Path(book.execute_chapter(CHAPTER["08"], tmp_path, parameters, progress=False)).read_text())
+    text = "\n".join(str(value) for cell in out["cells"] for output in cell.get("outputs", [])
+                     for key, value in output.get("data", {}).items() if key.endswith("text/plain") or key == "text/html")
+    assert "3-way episodes (5-way needs 5 classes; this data has 3)" in text
+    assert f"localisation on the {len(CLASSES) * IMAGES_PER_CLASS - 1} images with a box" in text
+    assert "1 left out" in text and "resnet18 (euclidean)" in text
+
+
+# chapter 09
+
+
+def test_alignment_start_model_has_one_output_per_class_at_the_chapters_size(your_files):
+    from gradsim_utils import alignment
+    model, targets = alignment.start_model("vgg11", CLASSES, image_size=32, seed=0)
+    assert model.classifier[-1].out_features == len(CLASSES) and model.gradsim_info.input_size == 32
+    assert targets.tolist() == [0, 1, 2]
+    again, _ = alignment.start_model("vgg11", CLASSES, image_size=32, seed=0)
+    assert torch.equal(model.features[0].weight, again.features[0].weight)  # seeded
+    start, targets = alignment.start_model("resnet18", CLASSES, checkpoint=your_files["checkpoint"],
+                                           class_file=your_files["class_names"], image_size=32)
+    assert start.gradsim_info.input_size == 224 and targets.tolist() == [0, 1, 2]  # starting weights: own size
+    with pytest.raises(ValueError, match=r"weights: resnet18's outputs \(3 classes\) do not include"):
+        alignment.start_model("resnet18", ["cat", "dog"], checkpoint=your_files["checkpoint"],
+                              class_file=your_files["class_names"])
+
+
+def test_alignment_split_per_class_is_seeded_and_names_the_parameter():
+    from gradsim_utils import alignment
+    labels = torch.arange(3).repeat(6)
+    train, analysis = alignment.split_per_class(labels, seed=1)
+    assert sorted(train.tolist() + analysis.tolist()) == list(range(18))
+    assert torch.bincount(labels[analysis]).tolist() == [3, 3, 3]
+    assert torch.equal(alignment.split_per_class(labels, seed=1)[0], train)
+    assert not torch.equal(alignment.split_per_class(labels, seed=2)[0], train)
+    with pytest.raises(ValueError, match=r"image_folder: class 2 has 2 images"):
+        alignment.split_per_class(torch.tensor([0, 0, 0, 1, 1, 1, 2, 2]))
+
+
+def test_alignment_measures_leave_the_inner_conv_empty_without_residual_blocks():
+    from gradsim_utils import alignment
+    model, _ = alignment.start_model("vgg11", CLASSES, image_size=32, seed=0)
+    assert alignment.inner_conv(model, "features.18") is None
+    assert alignment.inner_conv(models.load_model("tiny-resnet18", "smoke", weights=None), "layer4") == "layer4.1.conv2"
+    images = torch.randint(0, 255, (9, 3, 32, 32), dtype=torch.uint8)
+    measures = alignment.alignment_measures(model.eval(), images, torch.arange(3).repeat(3), layer="features.18",
+                                            device="cpu")
+    assert np.isnan(measures["gw_inner_within"]) and np.isfinite(measures["gw_layer4_within"])
