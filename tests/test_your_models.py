@@ -10,7 +10,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from gradsim_utils import book, models
+from gradsim_utils import alignment, book, models
 
 CLASSES = ("blorp", "quizzle", "snarfle")  # made up: no ImageNet or benchmark class has these names
 IMAGES_PER_CLASS = 6  # chapter 7's five folds need five per class
@@ -106,7 +106,8 @@ def _executed_text(notebook: Path) -> str:
     for cell in cells:
         for output in cell.get("outputs", []):
             parts.append("".join(output.get("text", "")))
-            parts.extend("".join(v) for k, v in output.get("data", {}).items() if k.startswith("text/"))
+            parts.extend("".join(v) for k, v in output.get("data", {}).items()  # glued values included
+                         if k.endswith(("text/plain", "text/html", "text/markdown")))
     return "\n".join(parts)
 
 
@@ -159,9 +160,7 @@ def test_sfam_chapter_localises_only_the_boxed_images_of_your_folder(tmp_path, y
     parameters = {"profile": "smoke", "model_names": ["resnet18"], "checkpoint": str(your_files["checkpoint"]),
                   "class_names": str(your_files["class_names"]), "image_folder": str(your_files["images"]),
                   "annotations": str(your_files["annotations"]), "n_train_seeds": 1}
-    out = json.loads(Path(book.execute_chapter(CHAPTER["08"], tmp_path, parameters, progress=False)).read_text())
-    text = "\n".join(str(value) for cell in out["cells"] for output in cell.get("outputs", [])
-                     for key, value in output.get("data", {}).items() if key.endswith("text/plain") or key == "text/html")
+    text = _executed_text(Path(book.execute_chapter(CHAPTER["08"], tmp_path, parameters, progress=False)))
     assert "3-way episodes (5-way needs 5 classes; this data has 3)" in text
     assert f"localisation on the {len(CLASSES) * IMAGES_PER_CLASS - 1} images with a box" in text
     assert "1 left out" in text and "resnet18 (euclidean)" in text
@@ -171,7 +170,6 @@ def test_sfam_chapter_localises_only_the_boxed_images_of_your_folder(tmp_path, y
 
 
 def test_alignment_start_model_has_one_output_per_class_at_the_chapters_size(your_files):
-    from gradsim_utils import alignment
     model, targets = alignment.start_model("vgg11", CLASSES, image_size=32, seed=0)
     assert model.classifier[-1].out_features == len(CLASSES) and model.gradsim_info.input_size == 32
     assert targets.tolist() == [0, 1, 2]
@@ -186,7 +184,6 @@ def test_alignment_start_model_has_one_output_per_class_at_the_chapters_size(you
 
 
 def test_alignment_split_per_class_is_seeded_and_names_the_parameter():
-    from gradsim_utils import alignment
     labels = torch.arange(3).repeat(6)
     train, analysis = alignment.split_per_class(labels, seed=1)
     assert sorted(train.tolist() + analysis.tolist()) == list(range(18))
@@ -198,7 +195,6 @@ def test_alignment_split_per_class_is_seeded_and_names_the_parameter():
 
 
 def test_alignment_measures_leave_the_inner_conv_empty_without_residual_blocks():
-    from gradsim_utils import alignment
     model, _ = alignment.start_model("vgg11", CLASSES, image_size=32, seed=0)
     assert alignment.inner_conv(model, "features.18") is None
     assert alignment.inner_conv(models.load_model("tiny-resnet18", "smoke", weights=None), "layer4") == "layer4.1.conv2"
