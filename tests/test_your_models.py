@@ -117,7 +117,7 @@ def test_chapter_runs_your_model_on_your_folder(tmp_path, your_files, chapter, k
     says so in its output."""
     yours = {"image_folder": str(your_files["images"])}
     if kind == "vgg11-random":
-        yours.update(model_names=["vgg11"], weights=None, layer="features.28")
+        yours.update(model_names=["vgg11"], weights=None, layer="features.18")  # vgg11's last convolution
     else:
         yours.update(model_names=["resnet18"], checkpoint=str(your_files["checkpoint"]),
                      class_names=str(your_files["class_names"]), annotations=str(your_files["annotations"]))
@@ -126,3 +126,4 @@ def test_chapter_runs_your_model_on_your_folder(tmp_path, your_files, chapter, k
     out = book.execute_chapter(CHAPTER[chapter], tmp_path, {"profile": "smoke", **parameters}, progress=False)
     text = _executed_text(Path(out))
     assert yours["model_names"][0] in text and str(your_files["images"]) in text
+
