@@ -127,3 +127,37 @@ def test_chapter_runs_your_model_on_your_folder(tmp_path, your_files, chapter, k
     text = _executed_text(Path(out))
     assert yours["model_names"][0] in text and str(your_files["images"]) in text
 
+
+# chapter 02
+
+
+def _glued(notebook: Path) -> dict:
+    """The values an executed notebook glued, by name (as their text)."""
+    glued = {}
+    for cell in json.loads(notebook.read_text())["cells"]:
+        for output in cell.get("outputs", []):
+            name = output.get("metadata", {}).get("scrapbook", {}).get("name")
+            if name:
+                glued[name] = output["data"].get("application/papermill.record/text/plain")
+    return glued
+
+
+def _vgg11_run(chapter: str, folder: Path, your_files) -> tuple[dict, dict]:
+    """Chapter ``chapter`` run (smoke) with vgg11, random weights, on the made-up folder: what it
+    glued and the claims it recorded (by '<claim id>@<regime>')."""
+    out = book.execute_chapter(CHAPTER[chapter], folder, {
+        "profile": "smoke", "model_names": ["vgg11"], "weights": None, "layer": "features.18",
+        "image_folder": str(your_files["images"])}, progress=False)
+    records = json.loads((folder / "_results" / f"{Path(out).stem}.json").read_text())
+    return _glued(Path(out)), records
+
+
+def test_chapter_02_skips_the_identity_where_the_head_is_not_gap_linear(tmp_path, your_files):
+    glued, records = _vgg11_run("02", tmp_path, your_files)
+    assert glued["layer_text"] == "'features.18'"
+    assert "features.18 of vgg11" in glued["identity_text"] and "does not apply" in glued["identity_text"]
+    assert "no accuracy" in glued["accuracy_text"] and "predicted class" in glued["variant_target"]
+    assert "vgg11 has no stage" in glued["hooks_text"] and "vgg11 has no residual stage" in glued["hooks_text"]
+    assert glued["label_max_diff"] == "nan"  # no identity row: no difference to report
+    assert "ch02_gw_equals_labels@tiny" not in records and "ch02_gw_equals_labels@lite" in records
+
