@@ -161,3 +161,16 @@ def test_chapter_02_skips_the_identity_where_the_head_is_not_gap_linear(tmp_path
     assert glued["label_max_diff"] == "nan"  # no identity row: no difference to report
     assert "ch02_gw_equals_labels@tiny" not in records and "ch02_gw_equals_labels@lite" in records
 
+
+# chapter 03
+
+
+def test_chapter_03_leaves_out_the_claims_vgg11_cannot_give(tmp_path, your_files):
+    glued, records = _vgg11_run("03", tmp_path, your_files)
+    assert "the hooked layer is features.18; there is no middle layer" in glued["hooks_text"]
+    assert "taken at each image's predicted class" in glued["hooks_text"]
+    assert "identity does not apply" in glued["identity_text"]
+    own = {key for key in records if key.endswith("@tiny")}
+    assert own == {"ch03_gw_above_p_fm@tiny", "ch03_fm_above_p@tiny", "ch03_input_grad_above_p_fm@tiny"}
+    assert all(records[key]["parameters"]["model_names"] == ["vgg11"] for key in own)
+    assert len([key for key in records if key.endswith("@lite")]) == 5  # the Lite regime is unchanged
