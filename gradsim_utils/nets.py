@@ -27,7 +27,7 @@ from .profiles import TINY_MODELS
 __all__ = [
     "RESNET_LAYOUT", "FLOAT_TOLERANCE", "ModelInfo", "model_info", "classifier_weight", "TinyResNet", "build_tiny_resnet",
     "resnet_depth", "prepare_images", "prepare_inputs", "get_layer", "Head", "HeadNotFoundError", "find_head",
-    "feature_layer",
+    "feature_layer", "identity_applies",
 ]
 
 # float images may overshoot 0-1 this much (e.g. after an antialiased resize) before we object
@@ -241,6 +241,14 @@ def feature_layer(model: nn.Module, layer: str | None = None, input_size: int | 
         hint = f" (e.g. the last convolution {convs[-1]!r})" if convs else ""
         raise HeadNotFoundError(f"{err}. Pass layer= to name the layer{hint}; the identity "
                                 "w = W_c / (H'W') does not hold there, gradient weights are computed by backward") from None
+
+
+def identity_applies(model: nn.Module, layer: str) -> bool:
+    """Whether the gradient weights at ``layer`` are the classifier rows, w = W_c / (H'W'): true
+    when ``layer`` is the model's ``final_layer``, which feeds global average pooling and the linear
+    ``classifier`` (:func:`find_head`); false at any other layer and for any other head."""
+    info = model_info(model)
+    return info.classifier is not None and layer == info.final_layer
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,8 +22,8 @@ from myst_nb import glue as _myst_glue
 
 from .cache import atomic_write, cache_dir
 
-__all__ = ["glue", "as_builtin", "value_range", "glue_name", "results_folder", "run_parameters", "record_claim",
-           "load_claims", "claims_for_profile", "compare_runs", "one_run", "parameters_text",
+__all__ = ["glue", "as_builtin", "value_range", "names_text", "glue_name", "results_folder", "run_parameters",
+           "record_claim", "load_claims", "claims_for_profile", "compare_runs", "one_run", "parameters_text",
            "regimes_recorded", "claims_by_id", "depends_on_setting", "regime_comparison", "agreement_text", "verdict_counts", "counts_text",
            "missing_regimes_text", "claim_cell", "claims_markdown_table", "VERDICTS", "UNTESTED", "REGIMES",
            "DEFAULT_REGIME", "DEPENDS", "DASH", "RESULTS_ENV", "RUN_ENV"]
@@ -48,6 +48,14 @@ def value_range(values, fmt: str = ".3f") -> str:
     if not values:
         raise ValueError("values must not be empty")
     return f"{min(values):{fmt}}-{max(values):{fmt}}"
+
+
+def names_text(names) -> str:
+    """Names as a chapter's sentence lists them: ``"a"``, ``"a and b"``, ``"a, b and c"``."""
+    names = [str(name) for name in names]
+    if not names:
+        raise ValueError("names must not be empty")
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def glue(name: str, value, display: bool = False):

@@ -141,6 +141,16 @@ def test_an_explicit_layer_works_for_vgg11():
     assert reps.logits.shape == (2, 1000) and torch.isfinite(reps.grad_weights).all()
 
 
+def test_identity_applies_only_at_the_layer_feeding_gap_and_linear():
+    resnet = models.load_model("resnet18", weights=None, seed=0, device="cpu")
+    assert nets.identity_applies(resnet, "layer4")
+    assert not nets.identity_applies(resnet, "layer3") and not nets.identity_applies(resnet, "layer4.1.conv2")
+    vgg = models.load_model("vgg11", weights=None, seed=0, device="cpu")
+    assert not nets.identity_applies(vgg, "features.19") and not nets.identity_applies(vgg, "features.20")
+    with pytest.raises(ValueError, match="no gradsim_info"):
+        nets.identity_applies(torch.nn.Linear(2, 2), "layer4")
+
+
 def test_find_head_checks_numbers_not_names():
     """A ReLU after the pooled features breaks logits = W GAP(F) + b even with ResNet's names."""
     model = torchvision.models.resnet18(num_classes=3)

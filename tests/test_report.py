@@ -143,6 +143,14 @@ def test_counts_per_regime_and_missing_regimes(tmp_path):
     assert "every regime" in missing_regimes_text(claims + [_record("a", "paper", "reproduced")])
 
 
+def test_names_text_lists_names_as_a_sentence_does():
+    assert report.names_text(["vgg11"]) == "vgg11"
+    assert report.names_text(("vgg11", "resnet18")) == "vgg11 and resnet18"
+    assert report.names_text(x for x in ["a", "b", "c"]) == "a, b and c"
+    with pytest.raises(ValueError, match="names must not be empty"):
+        report.names_text([])
+
+
 def test_value_range_cites_a_quoted_spread():
     assert report.value_range([0.832475, 0.970702, 0.891979]) == "0.832-0.971"
     assert report.value_range([0.547336], ".4f") == "0.5473-0.5473"

@@ -111,22 +111,41 @@ def _executed_text(notebook: Path) -> str:
     return "\n".join(parts)
 
 
+YOURS = {  # the two runs of each chapter: a non-ResNet torchvision model, and a saved checkpoint
+    "vgg11-random": lambda files: {"model_names": ["vgg11"], "weights": None,
+                                   "layer": "features.19"},  # vgg11's last ReLU (RSVC's NMF needs >= 0)
+    "resnet18-checkpoint": lambda files: {"model_names": ["resnet18"], "checkpoint": str(files["checkpoint"]),
+                                          "class_names": str(files["class_names"]),
+                                          "annotations": str(files["annotations"])},
+}
+
+
+@pytest.fixture(scope="module")
+def chapter_run(tmp_path_factory, your_files):
+    """``chapter_run(chapter, kind)``: the executed notebook of the chapter on smoke with the made-up
+    folder and the ``kind`` of model (run once per module), with its parameters."""
+    done = {}
+
+    def run(chapter: str, kind: str) -> tuple[Path, dict]:
+        if (chapter, kind) not in done:
+            parameters = {"image_folder": str(your_files["images"]), **YOURS[kind](your_files)}
+            known = book.chapter_parameters(CHAPTER[chapter])
+            assert set(parameters) <= set(known), f"chapter {chapter} lacks {sorted(set(parameters) - set(known))}"
+            out = book.execute_chapter(CHAPTER[chapter], tmp_path_factory.mktemp(f"ch{chapter}-{kind}"),
+                                       {"profile": "smoke", **parameters}, progress=False)
+            done[chapter, kind] = Path(out), parameters
+        return done[chapter, kind]
+    return run
+
+
 @pytest.mark.parametrize("chapter", YOUR_CHAPTERS)
-@pytest.mark.parametrize("kind", ["vgg11-random", "resnet18-checkpoint"])
-def test_chapter_runs_your_model_on_your_folder(tmp_path, your_files, chapter, kind):
+@pytest.mark.parametrize("kind", list(YOURS))
+def test_chapter_runs_your_model_on_your_folder(chapter_run, chapter, kind):
     """The chapter runs end to end (smoke profile) on the made-up folder with the reader's model and
     says so in its output."""
-    yours = {"image_folder": str(your_files["images"])}
-    if kind == "vgg11-random":
-        yours.update(model_names=["vgg11"], weights=None, layer="features.18")  # vgg11's last convolution
-    else:
-        yours.update(model_names=["resnet18"], checkpoint=str(your_files["checkpoint"]),
-                     class_names=str(your_files["class_names"]), annotations=str(your_files["annotations"]))
-    parameters = {k: v for k, v in yours.items() if k in book.chapter_parameters(CHAPTER[chapter])}
-    assert set(parameters) == set(yours), f"chapter {chapter} lacks {sorted(set(yours) - set(parameters))}"
-    out = book.execute_chapter(CHAPTER[chapter], tmp_path, {"profile": "smoke", **parameters}, progress=False)
-    text = _executed_text(Path(out))
-    assert yours["model_names"][0] in text and str(your_files["images"]) in text
+    out, parameters = chapter_run(chapter, kind)
+    text = _executed_text(out)
+    assert parameters["model_names"][0] in text and parameters["image_folder"] in text
 
 
 # chapter 04
@@ -202,3 +221,48 @@ def test_alignment_measures_leave_the_inner_conv_empty_without_residual_blocks()
     measures = alignment.alignment_measures(model.eval(), images, torch.arange(3).repeat(3), layer="features.18",
                                             device="cpu")
     assert np.isnan(measures["gw_inner_within"]) and np.isfinite(measures["gw_layer4_within"])
+
+
+# chapter 02
+
+
+def _glued(notebook: Path) -> dict:
+    """The values an executed notebook glued, by name (as their text)."""
+    glued = {}
+    for cell in json.loads(notebook.read_text())["cells"]:
+        for output in cell.get("outputs", []):
+            name = output.get("metadata", {}).get("scrapbook", {}).get("name")
+            if name:
+                glued[name] = output["data"].get("application/papermill.record/text/plain")
+    return glued
+
+
+def _vgg11_run(chapter: str, chapter_run) -> tuple[dict, dict]:
+    """What chapter ``chapter``'s vgg11 run glued and the claims it recorded (by '<claim id>@<regime>')."""
+    out, _ = chapter_run(chapter, "vgg11-random")
+    records = json.loads((out.parent / "_results" / f"{out.stem}.json").read_text())
+    return _glued(out), records
+
+
+def test_chapter_02_skips_the_identity_where_the_head_is_not_gap_linear(chapter_run):
+    glued, records = _vgg11_run("02", chapter_run)
+    assert glued["layer_text"] == "'features.19'"
+    assert "features.19 of vgg11" in glued["identity_text"] and "does not apply" in glued["identity_text"]
+    assert "no accuracy" in glued["accuracy_text"] and "predicted class" in glued["variant_target"]
+    assert "vgg11 has no stage" in glued["hooks_text"] and "vgg11 has no residual stage" in glued["hooks_text"]
+    assert glued["label_max_diff"] == "nan"  # no identity row: no difference to report
+    assert "ch02_gw_equals_labels@tiny" not in records and "ch02_gw_equals_labels@lite" in records
+
+
+# chapter 03
+
+
+def test_chapter_03_leaves_out_the_claims_vgg11_cannot_give(chapter_run):
+    glued, records = _vgg11_run("03", chapter_run)
+    assert "the hooked layer is features.19; there is no middle layer" in glued["hooks_text"]
+    assert "taken at each image's predicted class" in glued["hooks_text"]
+    assert "identity does not apply" in glued["identity_text"]
+    own = {key for key in records if key.endswith("@tiny")}
+    assert own == {"ch03_gw_above_p_fm@tiny", "ch03_fm_above_p@tiny", "ch03_input_grad_above_p_fm@tiny"}
+    assert all(records[key]["parameters"]["model_names"] == ["vgg11"] for key in own)
+    assert len([key for key in records if key.endswith("@lite")]) == 5  # the Lite regime is unchanged
