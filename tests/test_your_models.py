@@ -126,3 +126,19 @@ def test_chapter_runs_your_model_on_your_folder(tmp_path, your_files, chapter, k
     out = book.execute_chapter(CHAPTER[chapter], tmp_path, {"profile": "smoke", **parameters}, progress=False)
     text = _executed_text(Path(out))
     assert yours["model_names"][0] in text and str(your_files["images"]) in text
+
+
+# chapter 06
+def test_chapter_06_names_a_bad_paper_model_before_any_slow_step(tmp_path):
+    with pytest.raises(book.ChapterFailed, match=r"paper_model: unknown model 'resnet343'"):
+        book.execute_chapter(CHAPTER["06"], tmp_path, {"profile": "smoke", "paper_model": "resnet343"}, progress=False)
+
+
+# chapter 07
+@pytest.mark.parametrize("parameters, message", [
+    ({"model_names": ["resnet18", "vgg11", "alexnet"]}, r"model_names: RSVC compares one pair, give one or two names"),
+    ({"marker_class": 10}, r"marker_class must be an integer >= 0 and <= 9, got 10"),
+])
+def test_chapter_07_names_a_bad_pair_or_marker_class_before_any_slow_step(tmp_path, parameters, message):
+    with pytest.raises(book.ChapterFailed, match=message):
+        book.execute_chapter(CHAPTER["07"], tmp_path, {"profile": "smoke", **parameters}, progress=False)
