@@ -266,3 +266,23 @@ def test_chapter_03_leaves_out_the_claims_vgg11_cannot_give(chapter_run):
     assert own == {"ch03_gw_above_p_fm@tiny", "ch03_fm_above_p@tiny", "ch03_input_grad_above_p_fm@tiny"}
     assert all(records[key]["parameters"]["model_names"] == ["vgg11"] for key in own)
     assert len([key for key in records if key.endswith("@lite")]) == 5  # the Lite regime is unchanged
+
+
+# chapter 06
+
+
+def test_chapter_06_names_a_bad_paper_model_before_any_slow_step(tmp_path):
+    with pytest.raises(book.ChapterFailed, match=r"paper_model: unknown model 'resnet343'"):
+        book.execute_chapter(CHAPTER["06"], tmp_path, {"profile": "smoke", "paper_model": "resnet343"}, progress=False)
+
+
+# chapter 07
+
+
+@pytest.mark.parametrize("parameters, message", [
+    ({"model_names": ["resnet18", "vgg11", "alexnet"]}, r"model_names: RSVC compares one pair, give one or two names"),
+    ({"marker_class": 10}, r"marker_class must be an integer >= 0 and <= 9, got 10"),
+])
+def test_chapter_07_names_a_bad_pair_or_marker_class_before_any_slow_step(tmp_path, parameters, message):
+    with pytest.raises(book.ChapterFailed, match=message):
+        book.execute_chapter(CHAPTER["07"], tmp_path, {"profile": "smoke", **parameters}, progress=False)
