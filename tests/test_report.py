@@ -214,3 +214,15 @@ def test_the_summary_refuses_to_mix_runs_and_names_chapters_and_values():
     message = str(info.value)
     assert "seed: 0 in 02_w, 03_x, 06_z; 3 in 04_y, 05_v" in message
     assert "n_bootstrap: 50 in 03_x; 10 in 05_v" in message and "profile" not in message.split("\n", 1)[1]
+
+
+def test_your_models_have_their_own_column_and_are_never_missing(tmp_path):
+    from gradsim_utils.report import REGIMES, YOURS, missing_regimes_text, record_claim, regime_comparison
+
+    record_claim("a", chapter="03_x", source="000", claim="c", source_value="1", ours=0.5, verdict="reproduced",
+                 regime=YOURS, results_dir=tmp_path)
+    claims = [_record("a", "tiny", "reproduced"), _record("a", "lite", "reproduced"), _record("a", "paper", "reproduced")]
+    assert "every regime" in missing_regimes_text(claims)  # a book without a reader's run lacks nothing
+    yours = json.loads((tmp_path / "03_x.json").read_text())["a@yours"]
+    table = regime_comparison(claims + [yours])
+    assert list(table.columns)[-3:] == ["yours: ours", "yours: verdict", "regimes agree"] and REGIMES[YOURS]
