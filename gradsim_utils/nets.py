@@ -27,7 +27,7 @@ from .profiles import TINY_MODELS
 __all__ = [
     "RESNET_LAYOUT", "FLOAT_TOLERANCE", "ModelInfo", "model_info", "classifier_weight", "TinyResNet", "build_tiny_resnet",
     "resnet_depth", "prepare_images", "prepare_inputs", "get_layer", "Head", "HeadNotFoundError", "find_head",
-    "feature_layer", "identity_applies",
+    "feature_layer", "gap_linear_head", "identity_applies",
 ]
 
 # float images may overshoot 0-1 this much (e.g. after an antialiased resize) before we object
@@ -243,12 +243,24 @@ def feature_layer(model: nn.Module, layer: str | None = None, input_size: int | 
                                 "w = W_c / (H'W') does not hold there, gradient weights are computed by backward") from None
 
 
+def gap_linear_head(model: nn.Module) -> Head | None:
+    """The model's GAP + linear head: from ``gradsim_info`` (set by ``models.load_model``), else found by
+    :func:`find_head` on a 224 px probe (a plain module); None when the model has no such head."""
+    info = getattr(model, "gradsim_info", None)
+    if isinstance(info, ModelInfo):
+        return None if info.classifier is None else Head(info.final_layer, info.classifier, info.middle_layer)
+    try:
+        return find_head(model)
+    except HeadNotFoundError:
+        return None
+
+
 def identity_applies(model: nn.Module, layer: str) -> bool:
     """Whether the gradient weights at ``layer`` are the classifier rows, w = W_c / (H'W'): true
-    when ``layer`` is the model's ``final_layer``, which feeds global average pooling and the linear
-    ``classifier`` (:func:`find_head`); false at any other layer and for any other head."""
-    info = model_info(model)
-    return info.classifier is not None and layer == info.final_layer
+    when ``layer`` feeds global average pooling and the linear classifier (:func:`gap_linear_head`),
+    e.g. ``layer4`` of a ResNet; false at any other layer and for any other head."""
+    head = gap_linear_head(model)
+    return head is not None and layer == head.final_layer
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-import torchvision
 from scipy import stats as _scipy_stats
 from torch import nn
 from torch.nn import functional as F
@@ -42,15 +41,14 @@ from tqdm.auto import tqdm
 from . import extract, nets
 from .cache import cache_key, cached_torch, content_digest
 from .devices import get_device, place
-from .nets import TinyResNet
 from .stats import Estimate, percentile_interval
 
 __all__ = ["KLD_EPS", "cc", "sim", "kld", "binarise_top", "auc", "pair_auc", "pair_metrics",
-           "pair_mean_replicates", "estimate_from_replicates", "pair_mean_ci", "GradCAM", "gradcam", "gradcam_with_control", "gradcam_maps", "cached_gradcam", "cached_gradcam_with_control", "identity_applies", "SEED000_GRADCAM"]
+           "pair_mean_replicates", "estimate_from_replicates", "pair_mean_ci", "GradCAM", "gradcam", "gradcam_with_control", "gradcam_maps", "cached_gradcam", "cached_gradcam_with_control", "SEED000_GRADCAM"]
 
 KLD_EPS = 2.2204e-16  # MATLAB eps, as in the MIT saliency benchmark's KLdiv.m
 _GRADCAM_GUARD = 1e-7  # pytorch-grad-cam's scale_cam_image: img / (1e-7 + max)
-_GRADCAM_CODE_VERSION = 1  # bump when gradcam's output changes, to invalidate cached maps
+_GRADCAM_CODE_VERSION = 2  # bump when gradcam's output changes, to invalidate cached maps
 
 #: Seed 000's Grad-CAM table (seed000, "Experimental Results", Grad-CAM columns), quoted:
 #: model -> mean CC, KLD, SIM and AUC between the maps of same-class image pairs.
@@ -340,16 +338,6 @@ class GradCAM:
         return self.maps.shape[0]
 
 
-def identity_applies(model: nn.Module, layer: str) -> bool:
-    """Whether ``layer`` feeds global average pooling and the linear ``fc`` directly.
-
-    True for ``layer4`` of a torchvision ResNet or a gradsim TinyResNet: there d y_c / d F_{k,h,w}
-    = W_{c,k} / (H'W') for every input (DESIGN.md section 7).
-    """
-    return (layer == "layer4" and isinstance(model, (torchvision.models.ResNet, TinyResNet))
-            and isinstance(getattr(model, "fc", None), nn.Linear))
-
-
 def _scale_like_gradcam(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """pytorch-grad-cam's ``scale_cam_image`` twice: min-max (1e-7 guard), resize, min-max."""
     def minmax(x: torch.Tensor) -> torch.Tensor:
@@ -359,10 +347,12 @@ def _scale_like_gradcam(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tens
     return minmax(up)
 
 
-def _cams_forward(model: nn.Module, x: torch.Tensor, layer: str, targets: torch.Tensor | None, uniform: bool):
+def _cams_forward(model: nn.Module, x: torch.Tensor, layer: str, targets: torch.Tensor | None,
+                  classifier: torch.Tensor | None):
     """ReLU(sum_k w_k F_k) from one forward pass (no autograd): cams, c, logits.
 
-    w_k = W_{c,k} / (H'W') (the identity), or 1 / K with ``uniform`` (the class-agnostic mean map).
+    w_k = W_{c,k} / (H'W') (the identity) with W the ``classifier`` weight, or 1 / K when it is None
+    (the class-agnostic mean map).
     """
     with torch.inference_mode(), extract.LayerTap(model, layer, start_graph=False) as tap:
         tap.reset()
@@ -371,8 +361,8 @@ def _cams_forward(model: nn.Module, x: torch.Tensor, layer: str, targets: torch.
         c = logits.argmax(1) if targets is None else targets.to(logits.device)
         if (c >= logits.shape[1]).any():
             raise ValueError(f"targets must lie in [0, {logits.shape[1]}), got max {c.max().item()}")
-        weights = (torch.full(feats.shape[:2], 1.0 / feats.shape[1], device=feats.device) if uniform
-                   else model.fc.weight[c] / (feats.shape[2] * feats.shape[3]))
+        weights = (torch.full(feats.shape[:2], 1.0 / feats.shape[1], device=feats.device) if classifier is None
+                   else classifier[c] / (feats.shape[2] * feats.shape[3]))
         cams = torch.einsum("nk,nkhw->nhw", weights, feats).relu()
     return cams.float(), c, logits
 
@@ -396,7 +386,7 @@ def gradcam(model: nn.Module, images, layer: str = "layer4", targets=None, batch
     None (each image's argmax class), one class or N classes. ``normalise``: "gradcam" (min-max
     per map as pytorch-grad-cam, equal to its ``GradCAM`` output) or None (raw upsampled
     ReLU map). ``method``: "backward" (gradient weights by autograd, any layer), "identity"
-    (W_c / (H'W') from the classifier, forward only; only where ``identity_applies``) or "auto"
+    (W_c / (H'W') from the classifier, forward only; only where ``nets.identity_applies``) or "auto"
     (identity where it applies, else backward). ``weights="uniform"`` replaces w_k by 1/K (a
     control: the channel-mean activation map, the same for every class; forward only).
     """
@@ -411,10 +401,11 @@ def gradcam(model: nn.Module, images, layer: str = "layer4", targets=None, batch
     if weights not in ("gradient", "uniform"):
         raise ValueError(f"weights must be 'gradient' or 'uniform', got {weights!r}")
     nets.get_layer(model, layer)
-    applies = identity_applies(model, layer)
+    applies = nets.identity_applies(model, layer)
     if method == "identity" and not applies:
-        raise ValueError(f"method='identity' needs layer4 of a ResNet feeding avgpool + fc; got layer {layer!r} "
-                         f"of {type(model).__name__} (use method='backward')")
+        raise ValueError(f"method='identity' needs the layer that feeds global average pooling + the linear "
+                         f"classifier (layer4 of a ResNet); got layer {layer!r} of {type(model).__name__} "
+                         "(use method='backward')")
     method = ("identity" if applies else "backward") if method == "auto" else method
     method = "uniform" if weights == "uniform" else method
     images = extract.as_image_tensor(images)
@@ -423,6 +414,8 @@ def gradcam(model: nn.Module, images, layer: str = "layer4", targets=None, batch
     dev = get_device(device)
     model.to(dev)
     forward_only = method in ("identity", "uniform")
+    classifier = (dict(model.named_modules())[nets.gap_linear_head(model).classifier].weight
+                  if method == "identity" else None)
     if forward_only:
         fmt = place(model, dev, backward_enters_conv=False)
     maps, cs, logits = [], [], []
@@ -431,7 +424,7 @@ def gradcam(model: nn.Module, images, layer: str = "layer4", targets=None, batch
             t = None if targets is None else targets[start:start + batch_size]
             if forward_only:
                 x = extract.model_input(model, images[start:start + batch_size], dev).contiguous(memory_format=fmt)
-                cams, c, y = _cams_forward(model, x, layer, t, uniform=method == "uniform")
+                cams, c, y = _cams_forward(model, x, layer, t, classifier)
             else:
                 cams, c, y = _cams_backward(model, images[start:start + batch_size], layer, t, dev)
             cams = (_scale_like_gradcam(cams, size) if normalise == "gradcam"

@@ -147,8 +147,10 @@ def test_identity_applies_only_at_the_layer_feeding_gap_and_linear():
     assert not nets.identity_applies(resnet, "layer3") and not nets.identity_applies(resnet, "layer4.1.conv2")
     vgg = models.load_model("vgg11", weights=None, seed=0, device="cpu")
     assert not nets.identity_applies(vgg, "features.19") and not nets.identity_applies(vgg, "features.20")
-    with pytest.raises(ValueError, match="no gradsim_info"):
-        nets.identity_applies(torch.nn.Linear(2, 2), "layer4")
+    plain = torchvision.models.resnet18(num_classes=3)  # no gradsim_info: the head is found by a probe
+    assert nets.identity_applies(plain, "layer4") and not nets.identity_applies(plain, "layer3")
+    assert nets.gap_linear_head(plain) == ("layer4", "fc", "layer3") and nets.gap_linear_head(vgg) is None
+    assert not nets.identity_applies(torchvision.models.vgg11(num_classes=3), "features.19")
 
 
 def test_find_head_checks_numbers_not_names():

@@ -281,7 +281,7 @@ def test_gradcam_given_targets_and_raw_maps():
 def test_gradcam_bad_input():
     model = build_tiny_resnet("tiny-resnet18", num_classes=4)
     x = torch.randn(2, 3, 32, 32)
-    with pytest.raises(ValueError, match="method='identity' needs layer4"):
+    with pytest.raises(ValueError, match="method=.identity. needs the layer that feeds global average pooling"):
         saliency.gradcam(model, x, layer="layer3", method="identity")
     with pytest.raises(ValueError, match="unknown layer"):
         saliency.gradcam(model, x, layer="layer9")
