@@ -460,7 +460,8 @@ ANIMAL_CLASSES = [
     ]
 ]
 DEFAULT_DIFFUSION_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-_DIFFUSION_CODE_VERSION = 1
+_DIFFUSION_CODE_VERSION = 2
+_DIFFUSION_BATCH_SIZE = 4
 
 
 class ModelUnavailableError(RuntimeError):
@@ -473,11 +474,17 @@ def image_seed(seed: int, class_index: int, image_index: int) -> int:
     return int(state[0] & 0x7FFFFFFF)
 
 
+def diffusion_dtype(device: str | torch.device = "auto") -> torch.dtype:
+    """The dtype :func:`load_diffusion_pipeline` runs in on ``device``: float16 on CUDA, else float32."""
+    return torch.float16 if get_device(device).type == "cuda" else torch.float32
+
+
 def load_diffusion_pipeline(model_id: str = DEFAULT_DIFFUSION_MODEL, device: str = "auto"):
     """Load a StableDiffusionPipeline from the Hugging Face cache or a local folder, never online.
 
-    Moved to ``device`` in float16 on CUDA, float32 otherwise. Raises ModelUnavailableError when
-    the model is not on disk.
+    Moved to ``device`` in :func:`diffusion_dtype`. Its safety checker stays on (the model's
+    default); :func:`generate_diffusion` excludes the images it flags. Raises
+    ModelUnavailableError when the model is not on disk.
     """
     from diffusers import StableDiffusionPipeline
 
@@ -496,7 +503,7 @@ def load_diffusion_pipeline(model_id: str = DEFAULT_DIFFUSION_MODEL, device: str
             f"(2) pass a local folder written by `pipeline.save_pretrained(folder)` as model_id."
         ) from None
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(dev, torch.float16 if dev.type == "cuda" else torch.float32)
+    return pipe.to(dev, diffusion_dtype(dev))
 
 
 def _byte_symbols() -> list[str]:
@@ -564,25 +571,47 @@ def _check_class_prompts(class_prompts) -> dict[str, str]:
     return dict(class_prompts)
 
 
+def diffusion_exclusions(folder) -> list[tuple[str, int, int]]:
+    """(class, index, seed) of the images :func:`generate_diffusion` left out of ``folder`` because
+    the pipeline's safety checker flagged them, from its ``manifest.json`` (empty when none)."""
+    manifest_path = Path(folder) / "manifest.json"
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"{folder} has no manifest.json (not made by generate_diffusion)")
+    excluded = json.loads(manifest_path.read_text()).get("excluded", [])
+    return [(e["class"], int(e["index"]), int(e["seed"])) for e in excluded]
+
+
 def _missing_images(out_dir: Path, class_names, n_per_class: int) -> list[tuple[str, int]]:
-    """(class, index) of the images of a generation run not yet on disk."""
+    """(class, index) of the images of a generation run neither on disk nor excluded as flagged."""
+    excluded = set()
+    if (out_dir / "manifest.json").exists():
+        excluded = {(name, i) for name, i, _ in diffusion_exclusions(out_dir)}
     return [(name, i) for name in class_names for i in range(n_per_class)
-            if not (out_dir / name / f"{i}.png").exists()]
+            if (name, i) not in excluded and not (out_dir / name / f"{i}.png").exists()]
 
 
 def generate_diffusion(out_dir, class_prompts: Mapping[str, str], n_per_class: int,
                        model_id: str = DEFAULT_DIFFUSION_MODEL, seed: int = 0,
                        guidance_scale: float = 7.5, num_inference_steps: int = 30,
                        image_size: int = 512, device: str = "auto", pipeline=None,
-                       batch_size: int = 4, progress: bool = True) -> Path:
+                       batch_size: int = _DIFFUSION_BATCH_SIZE, progress: bool = True) -> Path:
     """Generate ``n_per_class`` images per prompt into ``out_dir/<class>/<i>.png``; return out_dir.
 
     Image i of the class at position c of ``class_prompts`` uses ``image_seed(seed, c, i)`` through
-    its own CPU torch.Generator, so it does not depend on batching or on the device. Images already
-    on disk are kept (the run is resumable) and each PNG is written atomically. ``manifest.json``
-    records the model, prompts, per-image seeds, settings and package versions; a folder made with
-    different settings is refused. ``pipeline`` (e.g. :func:`tiny_random_pipeline`) replaces
-    loading ``model_id``; then model_id is only recorded.
+    its own CPU torch.Generator. Batches have a fixed composition: batch k holds positions
+    ``k*batch_size ...`` of the full (class, index) list, whatever is already on disk, because a
+    different batch can change a pixel by a grey level. Images already on disk are kept: a resumed
+    run regenerates only the batches holding a missing image and writes only the missing files,
+    so its PNGs are byte-identical to a fresh run's (same device, dtype and batch_size).
+
+    The pipeline's safety flag of every image (diffusers' ``nsfw_content_detected``; None when the
+    pipeline has no checker) is recorded in ``manifest.json``. A flagged image (which diffusers
+    blacks out) is never written: it is listed under ``excluded`` with its class, index and seed
+    (see :func:`diffusion_exclusions`) and not regenerated on resume; loaders read what is on disk.
+    The manifest also records the model, prompts, per-image seeds, settings (dtype and device
+    type included) and package versions; a folder made with different settings is refused.
+    ``pipeline`` (e.g. :func:`tiny_random_pipeline`) replaces loading ``model_id``; then model_id
+    is only recorded and the dtype is the pipeline's, else it is :func:`diffusion_dtype`.
     """
     prompts = _check_class_prompts(class_prompts)
     n_per_class = checks.integers(1, n_per_class=n_per_class)
@@ -599,10 +628,14 @@ def generate_diffusion(out_dir, class_prompts: Mapping[str, str], n_per_class: i
         raise ValueError(f"model_id must be a Hugging Face model id or a folder path, got {model_id!r}")
 
     out_dir = Path(out_dir)
+    dev = get_device(device)
+    dtype = pipeline.dtype if pipeline is not None else diffusion_dtype(dev)
     settings = {"model_id": str(model_id), "prompts": prompts, "seed": seed,
                 "guidance_scale": float(guidance_scale), "num_inference_steps": num_inference_steps,
-                "image_size": image_size}
+                "image_size": image_size, "batch_size": batch_size,
+                "dtype": str(dtype).removeprefix("torch."), "device": dev.type}
     manifest_path = out_dir / "manifest.json"
+    old = {}
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())
         changed = sorted(k for k in settings if old.get(k) != settings[k])
@@ -616,13 +649,23 @@ def generate_diffusion(out_dir, class_prompts: Mapping[str, str], n_per_class: i
         return out_dir
     if todo:  # load before writing anything, so a missing model leaves no trace
         pipe = pipeline if pipeline is not None else load_diffusion_pipeline(model_id, device)
-        pipe = pipe.to(get_device(device))
+        pipe = pipe.to(dev)
         pipe.set_progress_bar_config(disable=True)
     manifest = {**settings, "n_per_class": n_per_class, "image_seeds": seeds,
                 "files": "<class>/<i>.png", "package_versions": provenance.package_versions(
-                    ("torch", "diffusers", "transformers", "numpy", "pillow"))}
-    atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2)))
-    batches = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
+                    ("torch", "diffusers", "transformers", "numpy", "pillow")),
+                "nsfw_content_detected": old.get("nsfw_content_detected", {name: {} for name in prompts}),
+                "excluded": old.get("excluded", [])}
+
+    def write_manifest():
+        manifest["n_excluded"] = len(manifest["excluded"])
+        atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2)))
+
+    write_manifest()
+    every = [(name, i) for name in prompts for i in range(n_per_class)]
+    wanted = set(todo)
+    batches = [batch for batch in (every[k:k + batch_size] for k in range(0, len(every), batch_size))
+               if wanted.intersection(batch)]
     if progress:
         batches = tqdm(batches, desc="diffusion", unit="batch")
     for batch in batches:
@@ -631,8 +674,17 @@ def generate_diffusion(out_dir, class_prompts: Mapping[str, str], n_per_class: i
             result = pipe([prompts[name] for name, _ in batch], height=image_size, width=image_size,
                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                           generator=generators, output_type="pil")
-        for (name, i), image in zip(batch, result.images):
-            atomic_write(out_dir / name / f"{i}.png", lambda tmp, im=image: im.save(tmp, format="PNG"))
+        flags = result.nsfw_content_detected
+        for j, ((name, i), image) in enumerate(zip(batch, result.images)):
+            if (name, i) not in wanted:
+                continue
+            flag = None if flags is None else bool(flags[j])
+            manifest["nsfw_content_detected"][name][str(i)] = flag
+            if flag:
+                manifest["excluded"].append({"class": name, "index": i, "seed": seeds[name][i]})
+            else:
+                atomic_write(out_dir / name / f"{i}.png", lambda tmp, im=image: im.save(tmp, format="PNG"))
+        write_manifest()
     return out_dir
 
 
@@ -656,7 +708,8 @@ class CorruptImageError(ValueError):
 class ImageFolder:
     """Images loaded from a class-per-folder tree: uint8 (N, 3, S, S), labels (N,), and the paths.
 
-    ``skipped``: unreadable files left out. ``boxes``: float (N, 4) (x0, y0, x1, y1) pixel edges in
+    ``skipped``: unreadable files left out. ``excluded``: (class, index, seed) of generated images
+    left out as flagged by a safety checker (:func:`diffusion_exclusions`). ``boxes``: float (N, 4) (x0, y0, x1, y1) pixel edges in
     the loaded S x S image, NaN rows for images without a box, or None when no annotation file was
     given; ``unboxed``: the loaded images without a box.
     """
@@ -668,6 +721,7 @@ class ImageFolder:
     skipped: list[Path] = field(default_factory=list)
     boxes: torch.Tensor | None = None
     unboxed: list[Path] = field(default_factory=list)
+    excluded: list[tuple[str, int, int]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -859,7 +913,8 @@ def load_profile_data(profile: Profile | str, split: str = "analysis", seed: int
     image size. "diffusion": ANIMAL_CLASSES generated with the profile's Stable Diffusion model at
     512 px into a cache folder, loaded at the profile's image size. "diffusion-dryrun": the same
     with :func:`tiny_random_pipeline` at the profile's image size. The diffusion profiles have
-    only an analysis split.
+    only an analysis split; their cache key covers the dtype and device type, and the returned
+    ImageFolder lists in ``excluded`` the images the safety checker flagged (not on disk).
     """
     prof = get_profile(profile) if isinstance(profile, str) else profile
     if not isinstance(prof, Profile):
@@ -881,14 +936,19 @@ def load_profile_data(profile: Profile | str, split: str = "analysis", seed: int
     dryrun = prof.data == "diffusion-dryrun"
     model_id = "gradsim-tiny-random" if dryrun else (prof.diffusion_model or DEFAULT_DIFFUSION_MODEL)
     size = prof.image_size if dryrun else 512
+    dev = get_device(device)
+    dtype = torch.float32 if dryrun else diffusion_dtype(dev)
     key = cache_key(step="diffusion", version=_DIFFUSION_CODE_VERSION, model_id=model_id, prompts=prompts,
-                    n_per_class=n, seed=seed, guidance_scale=7.5, steps=prof.diffusion_steps, size=size)
+                    n_per_class=n, seed=seed, guidance_scale=7.5, steps=prof.diffusion_steps, size=size,
+                    batch_size=_DIFFUSION_BATCH_SIZE, dtype=str(dtype), device=dev.type)
     folder = cache_dir() / "diffusion" / key
     pipeline = None
     if dryrun and _missing_images(folder, prompts, n):
         pipeline = tiny_random_pipeline(image_size=size, seed=seed)
     generate_diffusion(folder, prompts, n, model_id=model_id, seed=seed, guidance_scale=7.5,
-                       num_inference_steps=prof.diffusion_steps, image_size=size, device=device,
-                       pipeline=pipeline, progress=progress)
+                       num_inference_steps=prof.diffusion_steps, image_size=size, device=dev,
+                       pipeline=pipeline, batch_size=_DIFFUSION_BATCH_SIZE, progress=progress)
     # the profile sets the count per class (1 in quick tests); the chapters check what they need
-    return load_image_folder(folder, image_size=prof.image_size, class_names=list(prompts), min_per_class=1)
+    images = load_image_folder(folder, image_size=prof.image_size, class_names=list(prompts), min_per_class=1)
+    images.excluded = diffusion_exclusions(folder)
+    return images

@@ -215,9 +215,9 @@ PROMPTS = {"snail": "a photo of a snail", "zebra": "a photo of a zebra"}
 
 
 def _generate(folder, pipe, **kwargs):
-    return data.generate_diffusion(folder, PROMPTS, n_per_class=2, model_id="tiny-test", seed=5,
-                                   num_inference_steps=2, image_size=64, device="cpu", pipeline=pipe,
-                                   batch_size=3, progress=False, **kwargs)
+    args = {"n_per_class": 2, "model_id": "tiny-test", "seed": 5, "num_inference_steps": 2, "image_size": 64,
+            "device": "cpu", "batch_size": 3, "progress": False, **kwargs}
+    return data.generate_diffusion(folder, PROMPTS, pipeline=pipe, **args)
 
 
 @pytest.fixture(scope="module")
@@ -238,6 +238,11 @@ def test_generate_diffusion_writes_images_and_manifest(generated):
     assert manifest["image_seeds"]["zebra"] == [data.image_seed(5, 1, i) for i in range(2)]
     assert len({s for seeds in manifest["image_seeds"].values() for s in seeds}) == 4
     assert {"torch", "diffusers", "transformers"} <= set(manifest["package_versions"])
+    assert manifest["dtype"] == "float32" and manifest["device"] == "cpu" and manifest["batch_size"] == 3
+    # the tiny pipeline has no safety checker: every flag is None and nothing is excluded
+    assert manifest["nsfw_content_detected"] == {name: {"0": None, "1": None} for name in PROMPTS}
+    assert manifest["excluded"] == [] and manifest["n_excluded"] == 0
+    assert data.diffusion_exclusions(generated) == []
     assert not list(generated.rglob("*.tmp"))
 
 
@@ -246,6 +251,7 @@ class _CountingPipe:
 
     def __init__(self, pipe):
         self.pipe, self.calls = pipe, []
+        self.dtype = pipe.dtype
 
     def to(self, device):
         return self
@@ -282,6 +288,87 @@ def test_generate_diffusion_resumes_and_is_deterministic(generated, tiny_pipe, t
 def test_generate_diffusion_refuses_other_settings(generated, tiny_pipe):
     with pytest.raises(ValueError, match="guidance_scale"):
         _generate(generated, tiny_pipe, guidance_scale=3.0)
+    with pytest.raises(ValueError, match="batch_size"):
+        _generate(generated, tiny_pipe, batch_size=2)
+    manifest_path = generated / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    try:  # a folder made in float16 on a GPU is not resumed in float32 on the CPU
+        manifest_path.write_text(json.dumps({**manifest, "dtype": "float16", "device": "cuda"}))
+        with pytest.raises(ValueError, match="device, dtype"):
+            _generate(generated, tiny_pipe)
+    finally:
+        manifest_path.write_text(json.dumps(manifest))
+
+
+def _png_bytes(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
+
+
+def test_resumed_generation_is_byte_identical_to_a_fresh_run(generated, tiny_pipe, tmp_path):
+    fresh = _png_bytes(generated)
+    assert len(fresh) == 4
+    counting = _CountingPipe(tiny_pipe)
+    resumed = _generate(tmp_path / "resumed", tiny_pipe)
+    (resumed / "snail" / "0.png").unlink()  # in the first batch of three
+    (resumed / "zebra" / "1.png").unlink()  # alone in the second batch
+    kept = (resumed / "snail" / "1.png").stat().st_mtime_ns
+    _generate(resumed, counting)
+    # both batches run whole (fixed composition), but only the missing files are written
+    assert counting.calls == [["a photo of a snail"] * 2 + ["a photo of a zebra"], ["a photo of a zebra"]]
+    assert (resumed / "snail" / "1.png").stat().st_mtime_ns == kept
+    assert _png_bytes(resumed) == fresh
+
+
+class _StubSafetyChecker(torch.nn.Module):
+    """Flags the images at the given (call, position) pairs the way diffusers' checker reports
+    them: the flagged images come back black and the flags as a list of bools."""
+
+    def __init__(self, flagged):
+        super().__init__()
+        self.flagged, self.calls = set(flagged), 0
+        self.dtype, self.device = torch.float32, torch.device("cpu")  # as a diffusers component reports
+
+    def forward(self, images, clip_input):
+        flags = [(self.calls, j) in self.flagged for j in range(len(images))]
+        self.calls += 1
+        images = images.clone()
+        images[torch.tensor(flags)] = 0
+        return images, flags
+
+
+class _StubFeatures:
+    """Stands in for the CLIP feature extractor the checker's input comes from."""
+
+    def __call__(self, images, return_tensors):
+        return self
+
+    def to(self, device):
+        self.pixel_values = torch.zeros(1, 3, 8, 8)
+        return self
+
+
+def test_flagged_images_are_excluded_recorded_and_counted(tmp_path):
+    pipe = data.tiny_random_pipeline(image_size=64, seed=0)
+    pipe.safety_checker, pipe.feature_extractor = _StubSafetyChecker({(0, 1)}), _StubFeatures()
+    folder = _generate(tmp_path / "out", pipe)  # batch 0 is snail 0, snail 1, zebra 0
+    assert not (folder / "snail" / "1.png").exists()
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png")) == \
+        ["snail/0.png", "zebra/0.png", "zebra/1.png"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["nsfw_content_detected"] == {"snail": {"0": False, "1": True},
+                                                 "zebra": {"0": False, "1": False}}
+    assert manifest["n_excluded"] == 1
+    assert data.diffusion_exclusions(folder) == [("snail", 1, data.image_seed(5, 0, 1))]
+    # no black image anywhere, and a rerun does not try the flagged image again
+    for path in folder.rglob("*.png"):
+        assert np.asarray(Image.open(path)).max() > 0
+    counting = _CountingPipe(pipe)
+    _generate(folder, counting)
+    assert counting.calls == []
+    loaded = data.load_image_folder(folder, image_size=32, min_per_class=1)
+    assert len(loaded) == 3 and loaded.labels.tolist() == [0, 1, 1]
+    with pytest.raises(FileNotFoundError, match="manifest"):
+        data.diffusion_exclusions(tmp_path)
 
 
 @pytest.mark.parametrize("kwargs, name", [
@@ -399,6 +486,9 @@ def test_profile_data_dryrun_generates_caches_and_loads(monkeypatch):
     assert folder.images.shape == (10, 3, 64, 64)
     assert folder.class_names == [a.name for a in data.ANIMAL_CLASSES]
     assert folder.labels.tolist() == list(range(10))
+    assert folder.excluded == []
+    manifest = json.loads((folder.paths[0].parent.parent / "manifest.json").read_text())
+    assert manifest["dtype"] == "float32" and manifest["device"] == "cpu"
     # second call: everything is cached, no pipeline is built
     monkeypatch.setattr(data, "tiny_random_pipeline", lambda **kw: pytest.fail("pipeline rebuilt"))
     again = data.load_profile_data(prof, seed=0, device="cpu")
