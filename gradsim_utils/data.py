@@ -479,19 +479,22 @@ def diffusion_dtype(device: str | torch.device = "auto") -> torch.dtype:
     return torch.float16 if get_device(device).type == "cuda" else torch.float32
 
 
-def load_diffusion_pipeline(model_id: str = DEFAULT_DIFFUSION_MODEL, device: str = "auto"):
+def load_diffusion_pipeline(model_id: str = DEFAULT_DIFFUSION_MODEL, device: str = "auto",
+                            safety_checker: bool = True):
     """Load a StableDiffusionPipeline from the Hugging Face cache or a local folder, never online.
 
-    Moved to ``device`` in :func:`diffusion_dtype`. Its safety checker stays on (the model's
-    default); :func:`generate_diffusion` excludes the images it flags. Raises
-    ModelUnavailableError when the model is not on disk.
+    Moved to ``device`` in :func:`diffusion_dtype`. The model's safety checker is kept unless
+    ``safety_checker=False`` explicitly drops it; :func:`generate_diffusion` excludes the images it
+    flags. Raises ModelUnavailableError when the model is not on disk.
     """
     from diffusers import StableDiffusionPipeline
 
+    checks.one_of((True, False), safety_checker=safety_checker)
     dev = get_device(device)
+    no_checker = {} if safety_checker else {"safety_checker": None, "requires_safety_checker": False}
     try:
         pipe = StableDiffusionPipeline.from_pretrained(str(model_id), local_files_only=True,
-                                                       low_cpu_mem_usage=False)
+                                                       low_cpu_mem_usage=False, **no_checker)
     except (OSError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelUnavailableError(
@@ -594,7 +597,8 @@ def generate_diffusion(out_dir, class_prompts: Mapping[str, str], n_per_class: i
                        model_id: str = DEFAULT_DIFFUSION_MODEL, seed: int = 0,
                        guidance_scale: float = 7.5, num_inference_steps: int = 30,
                        image_size: int = 512, device: str = "auto", pipeline=None,
-                       batch_size: int = _DIFFUSION_BATCH_SIZE, progress: bool = True) -> Path:
+                       batch_size: int = _DIFFUSION_BATCH_SIZE, progress: bool = True,
+                       safety_checker: bool = True) -> Path:
     """Generate ``n_per_class`` images per prompt into ``out_dir/<class>/<i>.png``; return out_dir.
 
     Image i of the class at position c of ``class_prompts`` uses ``image_seed(seed, c, i)`` through
@@ -611,7 +615,9 @@ def generate_diffusion(out_dir, class_prompts: Mapping[str, str], n_per_class: i
     The manifest also records the model, prompts, per-image seeds, settings (dtype and device
     type included) and package versions; a folder made with different settings is refused.
     ``pipeline`` (e.g. :func:`tiny_random_pipeline`) replaces loading ``model_id``; then model_id
-    is only recorded and the dtype is the pipeline's, else it is :func:`diffusion_dtype`.
+    is only recorded and the dtype and safety checker (or none) are the pipeline's. Otherwise the
+    dtype is :func:`diffusion_dtype` and ``safety_checker=False`` explicitly loads the model
+    without its checker (then nothing is flagged); the manifest records whether a checker ran.
     """
     prompts = _check_class_prompts(class_prompts)
     n_per_class = checks.integers(1, n_per_class=n_per_class)
@@ -629,11 +635,14 @@ def generate_diffusion(out_dir, class_prompts: Mapping[str, str], n_per_class: i
 
     out_dir = Path(out_dir)
     dev = get_device(device)
+    checks.one_of((True, False), safety_checker=safety_checker)
     dtype = pipeline.dtype if pipeline is not None else diffusion_dtype(dev)
+    if pipeline is not None:
+        safety_checker = pipeline.safety_checker is not None
     settings = {"model_id": str(model_id), "prompts": prompts, "seed": seed,
                 "guidance_scale": float(guidance_scale), "num_inference_steps": num_inference_steps,
                 "image_size": image_size, "batch_size": batch_size,
-                "dtype": str(dtype).removeprefix("torch."), "device": dev.type}
+                "dtype": str(dtype).removeprefix("torch."), "device": dev.type, "safety_checker": safety_checker}
     manifest_path = out_dir / "manifest.json"
     old = {}
     if manifest_path.exists():
@@ -648,7 +657,7 @@ def generate_diffusion(out_dir, class_prompts: Mapping[str, str], n_per_class: i
     if not todo and manifest_path.exists():
         return out_dir
     if todo:  # load before writing anything, so a missing model leaves no trace
-        pipe = pipeline if pipeline is not None else load_diffusion_pipeline(model_id, device)
+        pipe = pipeline if pipeline is not None else load_diffusion_pipeline(model_id, device, safety_checker)
         pipe = pipe.to(dev)
         pipe.set_progress_bar_config(disable=True)
     manifest = {**settings, "n_per_class": n_per_class, "image_seeds": seeds,
@@ -938,16 +947,19 @@ def load_profile_data(profile: Profile | str, split: str = "analysis", seed: int
     size = prof.image_size if dryrun else 512
     dev = get_device(device)
     dtype = torch.float32 if dryrun else diffusion_dtype(dev)
+    checker = not dryrun  # the tiny random pipeline has no safety checker
     key = cache_key(step="diffusion", version=_DIFFUSION_CODE_VERSION, model_id=model_id, prompts=prompts,
                     n_per_class=n, seed=seed, guidance_scale=7.5, steps=prof.diffusion_steps, size=size,
-                    batch_size=_DIFFUSION_BATCH_SIZE, dtype=str(dtype), device=dev.type)
+                    batch_size=_DIFFUSION_BATCH_SIZE, dtype=str(dtype), device=dev.type,
+                    safety_checker=checker)
     folder = cache_dir() / "diffusion" / key
     pipeline = None
     if dryrun and _missing_images(folder, prompts, n):
         pipeline = tiny_random_pipeline(image_size=size, seed=seed)
     generate_diffusion(folder, prompts, n, model_id=model_id, seed=seed, guidance_scale=7.5,
                        num_inference_steps=prof.diffusion_steps, image_size=size, device=dev,
-                       pipeline=pipeline, batch_size=_DIFFUSION_BATCH_SIZE, progress=progress)
+                       pipeline=pipeline, batch_size=_DIFFUSION_BATCH_SIZE, progress=progress,
+                       safety_checker=checker)
     # the profile sets the count per class (1 in quick tests); the chapters check what they need
     images = load_image_folder(folder, image_size=prof.image_size, class_names=list(prompts), min_per_class=1)
     images.excluded = diffusion_exclusions(folder)

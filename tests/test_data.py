@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torchvision.models import ResNet18_Weights
 
-from gradsim_utils import data, profiles
+from gradsim_utils import cache, data, profiles
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +239,7 @@ def test_generate_diffusion_writes_images_and_manifest(generated):
     assert len({s for seeds in manifest["image_seeds"].values() for s in seeds}) == 4
     assert {"torch", "diffusers", "transformers"} <= set(manifest["package_versions"])
     assert manifest["dtype"] == "float32" and manifest["device"] == "cpu" and manifest["batch_size"] == 3
+    assert manifest["safety_checker"] is False
     # the tiny pipeline has no safety checker: every flag is None and nothing is excluded
     assert manifest["nsfw_content_detected"] == {name: {"0": None, "1": None} for name in PROMPTS}
     assert manifest["excluded"] == [] and manifest["n_excluded"] == 0
@@ -251,7 +252,7 @@ class _CountingPipe:
 
     def __init__(self, pipe):
         self.pipe, self.calls = pipe, []
-        self.dtype = pipe.dtype
+        self.dtype, self.safety_checker = pipe.dtype, pipe.safety_checker
 
     def to(self, device):
         return self
@@ -357,7 +358,7 @@ def test_flagged_images_are_excluded_recorded_and_counted(tmp_path):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["nsfw_content_detected"] == {"snail": {"0": False, "1": True},
                                                  "zebra": {"0": False, "1": False}}
-    assert manifest["n_excluded"] == 1
+    assert manifest["n_excluded"] == 1 and manifest["safety_checker"] is True
     assert data.diffusion_exclusions(folder) == [("snail", 1, data.image_seed(5, 0, 1))]
     # no black image anywhere, and a rerun does not try the flagged image again
     for path in folder.rglob("*.png"):
@@ -379,6 +380,7 @@ def test_flagged_images_are_excluded_recorded_and_counted(tmp_path):
     ({"guidance_scale": -1.0}, "guidance_scale"),
     ({"batch_size": 0}, "batch_size"),
     ({"num_inference_steps": 0}, "num_inference_steps"),
+    ({"safety_checker": "off"}, "safety_checker"),
 ])
 def test_bad_generation_arguments_name_the_parameter(tmp_path, kwargs, name):
     args = {"out_dir": tmp_path, "class_prompts": PROMPTS, "n_per_class": 1, **kwargs}
@@ -489,10 +491,15 @@ def test_profile_data_dryrun_generates_caches_and_loads(monkeypatch):
     assert folder.excluded == []
     manifest = json.loads((folder.paths[0].parent.parent / "manifest.json").read_text())
     assert manifest["dtype"] == "float32" and manifest["device"] == "cpu"
+    # the cache key covers dtype, device and checker: an fp16 GPU folder never serves a CPU run
+    keys = []
+    monkeypatch.setattr(data, "cache_key", lambda **kw: keys.append(kw) or cache.cache_key(**kw))
     # second call: everything is cached, no pipeline is built
     monkeypatch.setattr(data, "tiny_random_pipeline", lambda **kw: pytest.fail("pipeline rebuilt"))
     again = data.load_profile_data(prof, seed=0, device="cpu")
     assert torch.equal(again.images, folder.images)
+    assert keys[0]["dtype"] == "torch.float32" and keys[0]["device"] == "cpu"
+    assert keys[0]["safety_checker"] is False and keys[0]["batch_size"] == 4
     with pytest.raises(ValueError, match="train"):
         data.load_profile_data(prof, split="train")
     with pytest.raises(ValueError, match="profile"):
