@@ -252,11 +252,8 @@ def train_aligned(name: str = "tiny-resnet18", *, form: str = "cosine", lam: flo
     ``data_seed`` the benchmark images. Returns the state dict (CPU) and metrics: analysis accuracy,
     training seconds, mean L_cls and L_grad of the last epoch.
     """
-    checks.one_of(FORMS, form=form)
-    if name not in TINY_MODELS:
+    if name not in TINY_MODELS:  # form and lam: checked by fit_aligned
         raise ValueError(f"unknown tiny ResNet {name!r}; choose one of {list(TINY_MODELS)}")
-    if not (isinstance(lam, (int, float)) and np.isfinite(lam) and lam >= 0):
-        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
     for field, value in (("image_size", image_size), ("n_train_per_class", n_train_per_class),
                          ("n_analysis_per_class", n_analysis_per_class), ("epochs", epochs),
                          ("batch_size", batch_size), ("base_width", base_width)):
@@ -269,16 +266,9 @@ def train_aligned(name: str = "tiny-resnet18", *, form: str = "cosine", lam: flo
         lambda: nets.build_tiny_resnet(name, len(train.class_names), base_width), train.images, train.labels,
         form=form, lam=lam, seed=seed, epochs=epochs, batch_size=batch_size, device=device,
         desc=f"{name} {form} lambda={lam:g}" if progress else None, eval_images=analysis.images)
-    metrics = {
-        "analysis_accuracy": float((fitted["preds"] == analysis.labels).float().mean()),
-        "train_seconds": fitted["train_seconds"],
-        "final_cls_loss": fitted["final_cls_loss"],
-        "final_grad_loss": fitted["final_grad_loss"],
-        "n_train": len(train.labels),
-        "threads": fitted["threads"],
-        "class_names": list(train.class_names),
-        "machine": fitted["machine"],
-    }
+    preds = fitted.pop("preds")
+    metrics = {"analysis_accuracy": float((preds == analysis.labels).float().mean()), **fitted,
+               "n_train": len(train.labels), "class_names": list(train.class_names)}
     return training.cpu_state(model), metrics
 
 
