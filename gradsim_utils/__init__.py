@@ -22,13 +22,14 @@ lower ones, without a circle; ``tests/test_layers.py`` checks it):
    ``gap_statistics`` (GAP of every conv, by hooks), ``class_statistics`` (streaming class sums,
    Welch t), ``label_similarity`` (class-similarity agreement), ``folder_statistics`` (an image
    folder streamed class by class; these four: seed 002), ``rsvc`` (seed 003), ``metric_learning``
-   and ``sfam`` (seed 004), ``alignment`` (seed 001's gradient-alignment loss, HVP, mutual information).
+   and ``sfam`` (seed 004), ``alignment`` (seed 001's gradient-alignment loss, HVP, mutual information),
+   ``memory`` (bytes per image of a model pass; the paper profile's memory estimate).
 """
 from . import (alignment, cache, class_statistics, clustering, data, devices, extract, folder_statistics, gap_statistics,
-               label_similarity, localisation, metric_learning, models, nets, plotting, profiles, provenance, report, rsvc,
+               label_similarity, localisation, memory, metric_learning, models, nets, plotting, profiles, provenance, report, rsvc,
                saliency, sfam, similarity, stats, training)
 
 __all__ = ["alignment", "cache", "class_statistics", "clustering", "data", "devices", "extract", "folder_statistics",
-           "gap_statistics", "label_similarity", "localisation", "metric_learning", "models", "nets", "plotting",
+           "gap_statistics", "label_similarity", "localisation", "memory", "metric_learning", "models", "nets", "plotting",
            "profiles", "provenance", "report", "rsvc", "saliency", "sfam", "similarity", "stats", "training"]
 __version__ = "0.1.0"

@@ -274,8 +274,8 @@ def _backward_enters_conv(model: nn.Module, tap: LayerTap, x: torch.Tensor) -> b
 
 
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate per-batch tensors into one contiguous CPU tensor."""
-    return torch.cat([p.cpu() for p in parts]).contiguous()
+    """Concatenate per-batch CPU tensors into one contiguous tensor."""
+    return torch.cat(parts).contiguous()
 
 
 def representations(
@@ -326,8 +326,8 @@ def representations(
             feature_hw = tuple(out["features"].shape[2:])
             if not keep_features:
                 del out["features"]
-            for key, value in out.items():
-                parts.setdefault(key, []).append(value)
+            for key, value in out.items():   # to the CPU batch by batch: the device holds one batch
+                parts.setdefault(key, []).append(value.cpu())
     logits = _cat(parts["logits"])
     return Representations(
         logits=logits,

@@ -52,7 +52,9 @@ class MetricConfig:
     (None: random); train_*: episodic training (``train_steps=0`` keeps the initial weights);
     n_eval_per_class: novel-class images per class in the evaluation pool; n_episodes: episodes
     per accuracy setting; n_loc_episodes: 5-way 1-shot episodes for localisation; n_sanity_pairs:
-    query-support pairs of the sanity check; n_sanity_stages: cascade stages scored (None: all).
+    query-support pairs of the sanity check; n_sanity_stages: cascade stages scored (None: all);
+    micro_batch: images whose graph a training step holds at once (``training.backward_in_chunks``;
+    None: the whole episode), to fit an episode of a large backbone on one GPU.
     """
 
     backbones: tuple[tuple[str, str], ...]
@@ -71,6 +73,8 @@ class MetricConfig:
     n_sanity_pairs: int
     n_sanity_stages: int | None
     batch_size: int
+    micro_batch: int | None = None
+
 
     def backbone(self, metric: str) -> str:
         return dict(self.backbones)[metric]
@@ -78,7 +82,7 @@ class MetricConfig:
 
 # the fields of MetricConfig that determine the trained weights (and so the cache key)
 TRAINING_FIELDS = ("image_size", "base_width", "weights", "n_train_per_class", "train_steps", "train_way",
-                   "train_shot", "train_query", "lr")
+                   "train_shot", "train_query", "lr", "micro_batch")
 
 
 def config_for_profile(profile: str | Profile, **overrides) -> MetricConfig:
@@ -267,13 +271,18 @@ def train_metric_model(model: MetricModel, images: torch.Tensor, labels: torch.T
         for step in tqdm(range(config.train_steps), desc=f"{model.metric} {model.name}", disable=not progress):
             yield (model.prepare(images[torch.cat([support[step].flatten(), query[step].flatten()])], fmt),)
 
-    def episode_loss(net: MetricModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        emb = net(x)
+    def loss_of_embeddings(net: MetricModel, emb: torch.Tensor) -> torch.Tensor:
         prototypes = emb[:n_support].view(way, config.train_shot, -1).mean(1)
         scores = episode_scores(emb[n_support:], prototypes, net.metric)
         if net.metric == "cosine":
             scores = scores * net.log_scale.exp()
-        loss = F.cross_entropy(scores, truth)
+        return F.cross_entropy(scores, truth)
+
+    def episode_loss(net: MetricModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if config.micro_batch is None or config.micro_batch >= len(x):
+            loss = loss_of_embeddings(net, net(x))
+        else:
+            loss = training.backward_in_chunks(net, x, lambda emb: loss_of_embeddings(net, emb), config.micro_batch)
         return loss, loss.detach()[None]
 
     seconds, losses = training.optimise(model, episodes, episode_loss, n_steps=config.train_steps, max_lr=config.lr,

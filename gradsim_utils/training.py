@@ -50,7 +50,7 @@ from .nets import ModelInfo, build_tiny_resnet, prepare_images, resnet_depth
 from .profiles import TINY_MODELS, Profile
 
 __all__ = ["CODE_VERSION", "RECIPE", "benchmark_fingerprint", "cpu_threads",
-           "check_batches", "cross_entropy_step", "optimise", "fit", "one_cycle",
+           "check_batches", "cross_entropy_step", "backward_in_chunks", "optimise", "fit", "one_cycle",
            "run_seed", "run_key", "model_cache_key", "confusion_matrix", "evaluate", "train_tiny_resnet",
            "cpu_state", "cached_model", "benchmark_info"]
 
@@ -267,6 +267,33 @@ def one_cycle(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int,
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=max_lr / (25 * 1e4))
 
 
+def backward_in_chunks(model: nn.Module, x: torch.Tensor, loss_of_outputs: Callable[[torch.Tensor], torch.Tensor],
+                       micro_batch: int) -> torch.Tensor:
+    """Backpropagate ``loss_of_outputs(model(x))`` holding the graph of ``micro_batch`` inputs at a time.
+
+    Gradient caching (gao2021gradcache): the outputs of every chunk without a graph; the loss on
+    them and its gradient G with respect to the outputs (and to any parameter the loss uses); then
+    each chunk again with a graph, backpropagating <model(x_chunk), G_chunk>. The gradients add up
+    to the full batch's when the model treats images independently. BatchNorm in train mode
+    normalises each chunk by that chunk's statistics, and its running statistics are updated once
+    per chunk (the first pass leaves them as they were). Returns the loss, detached.
+    """
+    if not isinstance(micro_batch, int) or micro_batch < 1:
+        raise ValueError(f"micro_batch must be a positive int, got {micro_batch!r}")
+    chunks = x.split(micro_batch)
+    buffers = [b.clone() for b in model.buffers()]
+    with torch.no_grad():
+        outputs = torch.cat([model(chunk) for chunk in chunks])
+    for b, saved in zip(model.buffers(), buffers):
+        b.copy_(saved)
+    outputs.requires_grad_(True)
+    loss = loss_of_outputs(outputs)
+    loss.backward()
+    for chunk, grad in zip(chunks, outputs.grad.split(micro_batch)):
+        model(chunk).backward(grad)
+    return loss.detach()
+
+
 def optimise(model: nn.Module, batches: Callable[[torch.memory_format], Iterable[tuple]], step_loss,
              *, n_steps: int, max_lr: float, weight_decay: float, pct_start: float,
              device: torch.device) -> tuple[float, list[torch.Tensor]]:
@@ -276,7 +303,8 @@ def optimise(model: nn.Module, batches: Callable[[torch.memory_format], Iterable
     The model is placed on ``device`` in ``devices.memory_format`` for a backward through
     convolutions (contiguous) and set to train mode; ``batches(fmt)`` then yields ``n_steps``
     tuples of arguments, inputs in that format, and ``step_loss(model, *batch) -> (loss, terms)``
-    gives the loss to minimise and a 1-D tensor of terms to report.
+    gives the loss to minimise and a 1-D tensor of terms to report. A ``step_loss`` that has already
+    backpropagated (:func:`backward_in_chunks`) returns its loss without a graph.
     """
     optimizer = torch.optim.AdamW(model.parameters(), lr=max_lr, weight_decay=weight_decay)
     schedule = one_cycle(optimizer, max_lr, n_steps, pct_start)
@@ -285,9 +313,10 @@ def optimise(model: nn.Module, batches: Callable[[torch.memory_format], Iterable
     start = time.perf_counter()
     reported = []
     for batch in batches(fmt):
-        loss, terms = step_loss(model, *batch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, terms = step_loss(model, *batch)
+        if loss.requires_grad:
+            loss.backward()
         optimizer.step()
         schedule.step()
         reported.append(terms.cpu())

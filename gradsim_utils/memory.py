@@ -1,0 +1,229 @@
+"""Memory per image, measured on a one- and two-image pass, and estimates at the paper profile's sizes
+(issue 18, point 3).
+
+GPU memory of a step that runs a batch of B images through a model is estimated as
+
+    state + B * (saved + transient)
+
+* ``state``: the parameters and buffers; for training also their gradients and AdamW's two moments
+  (4x the parameters in all).
+* ``saved``: the bytes autograd keeps for the backward pass, per image. It is read with
+  ``torch.autograd.graph.saved_tensors_hooks`` while the step's forward runs on one image;
+  distinct storages are counted once, parameters and buffers not at all (what is left is per image,
+  up to BatchNorm's per-channel batch statistics in train mode, a few kB).
+* ``transient``: twice the largest single layer output per image. A forward pass holds a layer's
+  input and output at once; a backward pass holds a gradient and its input.
+
+The three modes are: ``forward`` (no graph: saved = 0); ``layer`` (frozen weights, differentiated
+from ``layer`` on, as ``extract.representations`` does); ``input`` (frozen weights, gradient with
+respect to the input, as ``extract.loss_input_gradients``); ``train`` (train mode, weights with
+gradients). Host memory of a step is the images and per-image outputs it keeps, scaled to N images.
+These are estimates: the allocator's caching, cuDNN workspaces and the CUDA context (about 0.5 GiB)
+come on top.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+import torchvision
+from torch import nn
+
+from . import extract
+
+__all__ = ["MODES", "PassMemory", "pass_memory", "gpu_bytes", "GIB", "CUB_IMAGES", "Step", "paper_steps", "estimate"]
+
+MODES = ("forward", "layer", "input", "train")
+GIB = 2 ** 30
+
+
+@dataclass(frozen=True)
+class PassMemory:
+    """Bytes of one model pass at one image size: ``state`` (parameters and buffers, with gradients
+    and AdamW moments in ``train`` mode), ``saved`` and ``transient`` per image (module docstring),
+    and ``output`` per image: the bytes of ``layer``'s output (the features a chapter may keep)."""
+
+    mode: str
+    state: int
+    saved: int
+    transient: int
+    output: int
+
+
+def _state_bytes(model: nn.Module, train: bool) -> int:
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    return params * (4 if train else 1) + buffers
+
+
+def _measure(model: nn.Module, x: torch.Tensor, mode: str, layer: str | None) -> tuple[int, int, int]:
+    """(saved bytes, largest module output, ``layer``'s output bytes) of one pass over ``x``."""
+    exclude = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in exclude:
+            saved[storage.data_ptr()] = max(saved.get(storage.data_ptr(), 0), storage.nbytes())
+        return t
+
+    largest = [0]
+
+    def record(module, inputs, output):
+        if isinstance(output, torch.Tensor):
+            largest[0] = max(largest[0], output.numel() * output.element_size())
+
+    handles = [m.register_forward_hook(record) for m in model.modules() if not list(m.children())]
+    tap = extract.LayerTap(model, layer, start_graph=(mode == "layer")) if layer else None
+    try:
+        if tap:
+            tap.__enter__()
+        grad = mode != "forward"
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.set_grad_enabled(grad):
+            if mode == "input":
+                x = x.clone().requires_grad_(True)
+            model(x)
+        output = 0 if tap is None or tap.features is None else tap.features[0].numel() * tap.features.element_size()
+    finally:
+        if tap:
+            tap.__exit__(None, None, None)
+        for h in handles:
+            h.remove()
+    return sum(saved.values()), largest[0], output
+
+
+def pass_memory(model: nn.Module, image_size: int, mode: str = "layer", layer: str | None = None,
+                measure_at: tuple[int, int] | None = None) -> PassMemory:
+    """Measure one model pass on random ``image_size`` px input (module docstring). ``layer``: the
+    layer the step differentiates from (``mode="layer"``, required) or keeps the output of.
+
+    ``measure_at=(s1, s2)``: measure at these two smaller sides and extrapolate each per-image
+    quantity linearly in the pixel count, v(S) = v(s1) + (v(s2) - v(s1)) (S^2 - s1^2) / (s2^2 - s1^2).
+    For a ResNet it is exact when all three sides are multiples of 32 (every feature map then scales
+    with the pixel count) and costs a fraction of a full-size pass."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "layer" and layer is None:
+        raise ValueError("mode='layer' needs the layer the gradient starts at, e.g. layer='layer4'")
+    if not isinstance(image_size, int) or image_size < 8:
+        raise ValueError(f"image_size must be an int >= 8, got {image_size!r}")
+    if measure_at is not None:
+        s1, s2 = measure_at
+        if not (isinstance(s1, int) and isinstance(s2, int) and 8 <= s1 < s2):
+            raise ValueError(f"measure_at must be two int sides 8 <= s1 < s2, got {measure_at!r}")
+        small, large = (pass_memory(model, side, mode, layer) for side in (s1, s2))
+        share = (image_size ** 2 - s1 ** 2) / (s2 ** 2 - s1 ** 2)
+        scale = lambda field: round(getattr(small, field) + (getattr(large, field) - getattr(small, field)) * share)
+        return PassMemory(mode=mode, state=small.state, saved=scale("saved"), transient=scale("transient"),
+                          output=scale("output"))
+    was_training = model.training
+    flags = [p.requires_grad for p in model.parameters()]
+    model.train(mode == "train")
+    for p in model.parameters():
+        p.requires_grad_(mode == "train")
+    try:
+        x = torch.rand(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+        saved, largest, output = _measure(model, x, mode, layer)
+    finally:
+        model.train(was_training)
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+    return PassMemory(mode=mode, state=_state_bytes(model, mode == "train"), saved=saved, transient=2 * largest,
+                      output=output)
+
+
+def gpu_bytes(memory: PassMemory, batch_size: int) -> int:
+    """state + batch_size * (saved + transient): the estimated peak of one step's batch."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return memory.state + batch_size * (memory.saved + memory.transient)
+
+
+# ---------------------------------------------------------------------------------------------
+# the paper profile's heavy steps
+
+#: CUB-200-2011's size (wah2011cub): 11,788 images of 200 classes; chapter 8 trains on the even
+#: classes and evaluates on every fourth (``metric_learning.load_cub``), about a half and a quarter.
+CUB_IMAGES = 11_788
+
+
+@dataclass(frozen=True)
+class Step:
+    """One heavy step of a chapter: ``model`` runs ``batch_size`` images at ``image_size`` px in
+    ``mode`` (at or from ``layer``); the host keeps ``n_images`` uint8 images of ``stored_side`` px
+    and, when ``keeps_output``, ``layer``'s output for each, plus ``n_maps`` float32 maps of
+    ``image_size`` px."""
+
+    chapter: str
+    what: str
+    model: str
+    mode: str
+    layer: str | None
+    batch_size: int
+    image_size: int
+    n_images: int
+    stored_side: int
+    keeps_output: bool = False
+    n_maps: int = 0
+
+
+def paper_steps(profile, batch_sizes: dict[str, int], stored_side: int | None = None) -> list[Step]:
+    """The heavy steps of chapters 2-8 at ``profile``'s sizes (a ``profiles.Profile``, the paper one).
+
+    ``batch_sizes``: each chapter's default ``batch_size`` by chapter number ("02", ...), e.g. read
+    from the chapters' parameters cells (``book.chapter_parameters``). ``stored_side``: the side
+    the chapters keep images at (None: the model's input size). Chapter 1 (Stable Diffusion) and
+    chapter 9 (tiny ResNets at the benchmark's size) are not estimated here.
+    """
+    n = profile.n_analysis_per_class * 10
+    side = profile.image_size
+    stored = stored_side or side
+    sfam = profile.extra["sfam"]
+    episode = sfam["train_way"] * (sfam["train_shot"] + sfam["train_query"])
+    micro = min(sfam.get("micro_batch") or episode, episode)
+    training_what = f"episodic training ({episode} images an episode" + (f", {micro} at a time)" if micro < episode else ")")
+    steps = []
+    for name in profile.models:
+        steps += [
+            Step("02", "gradient weights at layer3", name, "layer", "layer3", batch_sizes["02"], side, n, stored, True),
+            Step("02", "loss input gradients", name, "input", None, batch_sizes["02"], side, n, stored),
+            Step("03", "gradient weights at layer3", name, "layer", "layer3", batch_sizes["03"], side, n, stored, True),
+            Step("03", "loss input gradients", name, "input", None, batch_sizes["03"], side, n, stored),
+            Step("04", "features and gradient weights at layer4", name, "layer", "layer4", batch_sizes["04"],
+                 side, n, stored, True),
+            Step("05", "Grad-CAM at layer3 (backward)", name, "layer", "layer3", batch_sizes["05"], side, n, stored,
+                 n_maps=2 * n),
+        ]
+    steps.append(Step("06", "class statistics, one class of the ImageNet validation set at a time", "resnet34",
+                      "forward", "layer4", batch_sizes["06"], side, 50, 256))
+    for _, name in sfam["backbones"]:
+        steps += [Step("08", training_what, name, "train", None, micro,
+                       sfam["image_size"], CUB_IMAGES // 2, sfam["image_size"]),
+                  Step("08", "feature maps of the novel classes", name, "forward", "layer4", sfam["batch_size"],
+                       sfam["image_size"], CUB_IMAGES // 4, sfam["image_size"], True)]
+    return steps
+
+
+def estimate(steps: list[Step], measure_at: tuple[int, int] | None = (64, 96),
+             passes: dict | None = None) -> pd.DataFrame:
+    """One row per step: GPU GiB (``gpu_bytes``) and host GiB (images, kept outputs and maps).
+
+    Models are torchvision architectures with random weights (memory does not depend on the weights);
+    ``passes`` (a dict) memoises ``pass_memory`` by (model, mode, layer, size) across calls."""
+    passes = {} if passes is None else passes
+    nets = {}
+    rows = []
+    for step in steps:
+        key = (step.model, step.mode, step.layer or "layer4", step.image_size)
+        if key not in passes:
+            net = nets.setdefault(step.model, getattr(torchvision.models, step.model)())
+            passes[key] = pass_memory(net, step.image_size, step.mode, step.layer or "layer4",
+                                      measure_at if step.image_size % 32 == 0 else None)
+        memory = passes[key]
+        host = (step.n_images * 3 * step.stored_side ** 2
+                + (step.n_images * memory.output if step.keeps_output else 0)
+                + step.n_maps * 4 * step.image_size ** 2)
+        rows.append({"chapter": step.chapter, "step": step.what, "model": step.model, "batch": step.batch_size,
+                     "gpu_gib": gpu_bytes(memory, step.batch_size) / GIB, "host_gib": host / GIB})
+    return pd.DataFrame(rows)
