@@ -24,7 +24,7 @@ lower ones, without a circle; ``tests/test_layers.py`` checks it):
    folder streamed class by class; these four: seed 002), ``rsvc`` (seed 003), ``metric_learning``
    and ``sfam`` (seed 004), ``alignment`` (seed 001's gradient-alignment loss, HVP, mutual information).
 """
-from . import (alignment, cache, class_statistics, clustering, data, devices, extract, folder_statistics, gap_statistics,
+from . import (alignment, cache, class_statistics, clustering, data, devices, distributed, extract, folder_statistics, gap_statistics,
                label_similarity, localisation, metric_learning, models, nets, plotting, profiles, provenance, report, rsvc,
                saliency, sfam, similarity, stats, training)
 
