@@ -116,6 +116,22 @@ class ClassStats:
             distributed.all_reduce_sum(torch.from_numpy(array))  # in place on the numpy arrays
         return self
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """count, sum, sum of squares and shift as tensors (for ``torch.save``; see :meth:`from_state`)."""
+        if self.shift is None:
+            raise ValueError("ClassStats has seen no sample yet (no shift); nothing to save")
+        return {"count": torch.from_numpy(self.count.copy()), "sum": torch.from_numpy(self.sum.copy()),
+                "sumsq": torch.from_numpy(self.sumsq.copy()), "shift": torch.from_numpy(self.shift.copy())}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "ClassStats":
+        """The statistics :meth:`state` gave."""
+        stats = cls(len(state["count"]), int(state["sum"].shape[1]), shift=state["shift"])
+        stats.count[:] = state["count"].numpy()
+        stats.sum[:] = state["sum"].numpy()
+        stats.sumsq[:] = state["sumsq"].numpy()
+        return stats
+
     @classmethod
     def from_features(cls, features, labels, n_classes: int | None = None) -> "ClassStats":
         """Statistics of all rows of ``features`` at once (``n_classes``: max label + 1 if None)."""

@@ -970,7 +970,7 @@ def load_profile_data(profile: Profile | str, split: str = "analysis", seed: int
                     safety_checker=checker)
     folder = cache_dir() / "diffusion" / key
     pipeline = None
-    if dryrun and _missing_images(folder, prompts, n):
+    if dryrun and (distributed.rank_and_world()[1] > 1 or _missing_images(folder, prompts, n)):  # ranks alike
         pipeline = tiny_random_pipeline(image_size=size, seed=seed)
     generate_diffusion(folder, prompts, n, model_id=model_id, seed=seed, guidance_scale=7.5,
                        num_inference_steps=prof.diffusion_steps, image_size=size, device=dev,

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from . import data, distributed, models
+from .cache import atomic_write
 from .class_statistics import ClassStats
 from .gap_statistics import gap_features
 
@@ -34,6 +35,25 @@ class FolderStats:
     thumbnails: torch.Tensor
     n_images: int
     accuracy: float
+
+    def save(self, path) -> Path:
+        """Write these statistics to ``path`` (atomically, ``torch.save``); read back with :meth:`load`."""
+        state = {"class_names": self.class_names, "imagenet_indices": self.imagenet_indices,
+                 "gap": {w: s.state() for w, s in self.gap.items()}, "hidden": self.hidden.state(),
+                 "thumbnails": self.thumbnails, "n_images": self.n_images, "accuracy": self.accuracy}
+        return atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+
+    @classmethod
+    def load(cls, path) -> "FolderStats":
+        """The statistics :meth:`save` wrote to ``path`` (e.g. by ``python -m gradsim_utils.scale_out folder-stats``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"folder statistics file {path} does not exist")
+        state = torch.load(path, weights_only=True)
+        return cls(class_names=state["class_names"], imagenet_indices=state["imagenet_indices"],
+                   gap={w: ClassStats.from_state(s) for w, s in state["gap"].items()},
+                   hidden=ClassStats.from_state(state["hidden"]), thumbnails=state["thumbnails"],
+                   n_images=state["n_images"], accuracy=state["accuracy"])
 
 
 def image_folder_stats(root, model: nn.Module, class_names: Sequence[str] | None = None,

@@ -93,7 +93,7 @@ def _stats_tensors(stats):
             "sumsq": torch.from_numpy(stats.sumsq), "shift": torch.from_numpy(stats.shift)}
 
 
-def _worker(rank, world, init_file, out):
+def _worker(rank, world, init_file, out, pipe):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
@@ -114,7 +114,7 @@ def _worker(rank, world, init_file, out):
         seconds["class_stats"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        _generate(out / "generated", _pipeline())
+        _generate(out / "generated", pipe)
         seconds["generation"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -147,7 +147,12 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory, one_thread):
+def pipe():
+    return _pipeline()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory, one_thread, pipe):
     """Rank 0's and rank 1's results of the sharded steps, and the shared folder they used."""
     out = tmp_path_factory.mktemp("ranks")
     rng = np.random.default_rng(0)
@@ -156,7 +161,7 @@ def two_ranks(tmp_path_factory, one_thread):
         for i in range(2 + (name == "knot")):
             Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(out / "folder" / name / f"{i}.png")
     start = time.perf_counter()
-    mp.spawn(_worker, args=(WORLD, out / "rendezvous", out), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(WORLD, out / "rendezvous", out, pipe), nprocs=WORLD, join=True)  # pipe: pickled
     wall = time.perf_counter() - start
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     print(f"2-process wall time {wall:.1f} s; rank 0 steps (s): "
@@ -184,10 +189,10 @@ def test_merged_class_stats_equal_one_process_with_a_large_mean(two_ranks):
     assert np.abs(naive - one.welch_t()).max() > 0.1
 
 
-def test_sharded_generation_is_byte_identical_with_the_same_manifest(two_ranks, tmp_path):
+def test_sharded_generation_is_byte_identical_with_the_same_manifest(two_ranks, pipe, tmp_path):
     _, out = two_ranks
     two = out / "generated"
-    one = _generate(tmp_path / "one", _pipeline())
+    one = _generate(tmp_path / "one", pipe)
     pngs = {p.relative_to(one).as_posix(): p.read_bytes() for p in sorted(one.rglob("*.png"))}
     # batches (snail 0, snail 1), (snail 2, zebra 0), (zebra 1, zebra 2): rank 1 ran the second
     assert sorted(pngs) == ["snail/0.png", "snail/2.png", "zebra/1.png"]
