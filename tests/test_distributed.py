@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from PIL import Image
 
 from gradsim_utils import class_statistics as cs
-from gradsim_utils import data, distributed, extract, models
+from gradsim_utils import data, distributed, extract, models, scale_out
 from gradsim_utils import folder_statistics as fs
 
 WORLD = 2
@@ -217,6 +217,22 @@ def test_sharded_folder_stats_equal_one_process(two_ranks):
             np.testing.assert_array_equal(got[key]["shift"].numpy(), stats.shift)
             for field in ("sum", "sumsq"):
                 np.testing.assert_allclose(got[key][field].numpy(), getattr(stats, field), rtol=1e-12, atol=1e-12)
+
+
+def test_scale_out_folder_stats_writes_what_folder_stats_load_reads(two_ranks, tmp_path, capsys):
+    _, out = two_ranks
+    one = _folder_stats(out / "folder", _model())
+    assert scale_out.main(["folder-stats", "--root", str(out / "folder"), "--model", "resnet18", "--profile",
+                           "paper-dryrun", "--device", "cpu", "--resize", "64", "--crop", "56", "--batch-size", "2",
+                           "--out", str(tmp_path / "stats.pt")]) == 0
+    assert "folder-stats on 1 process(es)" in capsys.readouterr().out
+    back = fs.FolderStats.load(tmp_path / "stats.pt")
+    assert back.class_names == one.class_names and back.n_images == one.n_images
+    assert torch.equal(back.thumbnails, one.thumbnails)
+    np.testing.assert_array_equal(back.gap["conv"].welch_t(), one.gap["conv"].welch_t())
+    np.testing.assert_array_equal(back.hidden.means(), one.hidden.means())
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        fs.FolderStats.load(tmp_path / "missing.pt")
 
 
 def test_sharded_extraction_gathers_in_the_original_order(two_ranks):
