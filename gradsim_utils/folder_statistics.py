@@ -100,7 +100,8 @@ def image_folder_stats(root, model: nn.Module, class_names: Sequence[str] | None
     hidden_stats = None
     if world > 1:  # one shift for all ranks: the first image's features, as in one process
         shift = distributed.broadcast_object(
-            ({w: g[0] for w, g in first[1].gap.items()}, first[1].hidden[0]) if rank == 0 else None)
+            ({w: g[0].clone() for w, g in first[1].gap.items()},
+             first[1].hidden[0].clone()) if rank == 0 else None)
         gap_stats = {w: ClassStats(len(class_names), len(g), shift=g) for w, g in shift[0].items()}
         hidden_stats = ClassStats(len(class_names), len(shift[1]), shift=shift[1])
     thumbs, counts = {}, torch.zeros(2, dtype=torch.long)  # images, correct predictions
