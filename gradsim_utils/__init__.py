@@ -5,7 +5,7 @@ lower ones, without a circle; ``tests/test_layers.py`` checks it):
 
 1. ``profiles`` (scale settings, each chapter's sizes), ``cache`` (content-addressed disk cache: the
    one hasher and atomic writer), ``stats`` (bootstrap draws, percentile intervals, paired
-   differences), ``devices`` (device and memory format), ``provenance`` (commit, versions, machine,
+   differences), ``devices`` (device and memory format), ``distributed`` (torchrun: rank, shard, merge), ``provenance`` (commit, versions, machine,
    stage timings), and the leaves ``plotting``, ``report`` (glued numbers, claims recorded per
    regime, the summary's verdict matrix), ``book`` (papermill + jupyter-book runner),
    ``notebook_download`` (the reader's copy of an executed chapter) and ``site_links`` (the Sphinx
@@ -23,13 +23,14 @@ lower ones, without a circle; ``tests/test_layers.py`` checks it):
    Welch t), ``label_similarity`` (class-similarity agreement), ``folder_statistics`` (an image
    folder streamed class by class; these four: seed 002), ``rsvc`` (seed 003), ``metric_learning``
    and ``sfam`` (seed 004), ``alignment`` (seed 001's gradient-alignment loss, HVP, mutual information),
-   ``memory`` (bytes per image of a model pass; the paper profile's memory estimate).
+   ``memory`` (bytes per image of a model pass; the paper profile's memory estimate); ``scale_out`` (the
+   torchrun command for the heavy steps; not imported here).
 """
-from . import (alignment, cache, class_statistics, clustering, data, devices, extract, folder_statistics, gap_statistics,
+from . import (alignment, cache, class_statistics, clustering, data, devices, distributed, extract, folder_statistics, gap_statistics,
                label_similarity, localisation, memory, metric_learning, models, nets, plotting, profiles, provenance, report, rsvc,
                saliency, sfam, similarity, stats, training)
 
-__all__ = ["alignment", "cache", "class_statistics", "clustering", "data", "devices", "extract", "folder_statistics",
+__all__ = ["alignment", "cache", "class_statistics", "clustering", "data", "devices", "distributed", "extract", "folder_statistics",
            "gap_statistics", "label_similarity", "localisation", "memory", "metric_learning", "models", "nets", "plotting",
            "profiles", "provenance", "report", "rsvc", "saliency", "sfam", "similarity", "stats", "training"]
 __version__ = "0.1.0"

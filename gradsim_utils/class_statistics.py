@@ -4,12 +4,15 @@ The method's class vector (Sec. 3.2) is s^c_k = Welch's t of class c's feature k
 images, t = (m_c - m_r) / sqrt(v_c / n_c + v_r / n_r), as ``scipy.stats.ttest_ind(equal_var=False)``.
 It needs only per-class count, sum and sum of squares per channel (the rest of the images is the
 total minus the class), so :class:`ClassStats` accumulates them in one streaming pass, in float64,
-with memory O(classes x channels).
+with memory O(classes x channels). Across processes (DESIGN.md section 5c) the ranks share one
+shift and :meth:`ClassStats.all_reduce` sums count, sum and sum of squares over them.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from . import distributed
 
 __all__ = ["welch_from_sums", "ClassStats"]
 
@@ -46,12 +49,14 @@ def welch_from_sums(count, sums, sumsq):
 class ClassStats:
     """Streaming per-class count, sum and sum of squares per channel, accumulated in float64.
 
-    Values are shifted by the first sample seen (variance is shift-invariant; this keeps the
-    sum-of-squares formula accurate when means are large and keeps constant channels exactly
-    constant). Memory is O(classes x channels), whatever the number of images.
+    Values are shifted by ``shift`` (K,), or when None by the first sample seen (variance is
+    shift-invariant; this keeps the sum-of-squares formula accurate when means are large and keeps
+    constant channels exactly constant). Statistics of several processes add up only when they
+    share the shift: give every rank the same ``shift`` (e.g. rank 0's first sample, broadcast),
+    then :meth:`all_reduce`. Memory is O(classes x channels), whatever the number of images.
     """
 
-    def __init__(self, n_classes: int, n_channels: int):
+    def __init__(self, n_classes: int, n_channels: int, shift=None):
         if not isinstance(n_classes, int) or n_classes < 2:
             raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}")
         if not isinstance(n_channels, int) or n_channels < 1:
@@ -60,6 +65,12 @@ class ClassStats:
         self.sum = np.zeros((n_classes, n_channels))
         self.sumsq = np.zeros((n_classes, n_channels))
         self.shift: np.ndarray | None = None
+        if shift is not None:
+            shift = np.array(torch.as_tensor(shift).detach().cpu().numpy() if isinstance(shift, torch.Tensor)
+                             else shift, dtype=np.float64)
+            if shift.shape != (n_channels,) or not np.isfinite(shift).all():
+                raise ValueError(f"shift must be {n_channels} finite values, got shape {shift.shape}")
+            self.shift = shift
 
     @property
     def n_classes(self) -> int:
@@ -89,6 +100,37 @@ class ClassStats:
         torch.from_numpy(self.sum).index_add_(0, index, xs)  # in place on the float64 arrays
         torch.from_numpy(self.sumsq).index_add_(0, index, xs.mul_(xs))
         return self
+
+    def all_reduce(self) -> "ClassStats":
+        """Sum count, sum and sum of squares over all ranks, in place (a no-op in one process).
+
+        Every rank must hold the same ``shift`` (given to the constructor), else ValueError on every
+        rank: sums shifted by different first samples cannot be added.
+        """
+        shifts = distributed.all_gather_object(self.shift)
+        if len(shifts) > 1 and (any(s is None for s in shifts)
+                                or not all(np.array_equal(s, shifts[0]) for s in shifts)):
+            raise ValueError("ClassStats.all_reduce needs the same shift on every rank; pass "
+                             "shift= (e.g. rank 0's first sample, broadcast) to every rank's ClassStats")
+        for array in (self.count, self.sum, self.sumsq):
+            distributed.all_reduce_sum(torch.from_numpy(array))  # in place on the numpy arrays
+        return self
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """count, sum, sum of squares and shift as tensors (for ``torch.save``; see :meth:`from_state`)."""
+        if self.shift is None:
+            raise ValueError("ClassStats has seen no sample yet (no shift); nothing to save")
+        return {"count": torch.from_numpy(self.count.copy()), "sum": torch.from_numpy(self.sum.copy()),
+                "sumsq": torch.from_numpy(self.sumsq.copy()), "shift": torch.from_numpy(self.shift.copy())}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "ClassStats":
+        """The statistics :meth:`state` gave."""
+        stats = cls(len(state["count"]), int(state["sum"].shape[1]), shift=state["shift"])
+        stats.count[:] = state["count"].numpy()
+        stats.sum[:] = state["sum"].numpy()
+        stats.sumsq[:] = state["sumsq"].numpy()
+        return stats
 
     @classmethod
     def from_features(cls, features, labels, n_classes: int | None = None) -> "ClassStats":

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import checks, provenance
+from . import checks, distributed, provenance
 from .cache import atomic_write, cache_dir, cache_key
 from .devices import get_device
 from .profiles import Profile, get_profile
@@ -618,6 +618,10 @@ def generate_diffusion(out_dir, class_prompts: Mapping[str, str], n_per_class: i
     is only recorded and the dtype and safety checker (or none) are the pipeline's. Otherwise the
     dtype is :func:`diffusion_dtype` and ``safety_checker=False`` explicitly loads the model
     without its checker (then nothing is flagged); the manifest records whether a checker ran.
+
+    Under torchrun (:mod:`distributed`) rank r of w runs batches ``r, r + w, ...`` of that fixed
+    list and writes their PNGs, so every image is the one a single process makes; after each round
+    of w batches rank 0 gathers the flags and writes the manifest (``out_dir`` is shared by all).
     """
     prompts = _check_class_prompts(class_prompts)
     n_per_class = checks.integers(1, n_per_class=n_per_class)
@@ -644,18 +648,21 @@ def generate_diffusion(out_dir, class_prompts: Mapping[str, str], n_per_class: i
                 "image_size": image_size, "batch_size": batch_size,
                 "dtype": str(dtype).removeprefix("torch."), "device": dev.type, "safety_checker": safety_checker}
     manifest_path = out_dir / "manifest.json"
-    old = {}
-    if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
+    rank, world = distributed.rank_and_world()
+    # rank 0's view of the folder, so every rank decides alike before any rank writes
+    old, todo = distributed.broadcast_object(
+        (json.loads(manifest_path.read_text()) if manifest_path.exists() else None,
+         _missing_images(out_dir, prompts, n_per_class)) if rank == 0 else None)
+    if old is not None:
         changed = sorted(k for k in settings if old.get(k) != settings[k])
         if changed:
             raise ValueError(f"{out_dir} holds images made with different settings ({', '.join(changed)}); "
                              "use another out_dir")
     seeds = {name: [image_seed(seed, c, i) for i in range(n_per_class)]
              for c, name in enumerate(prompts)}
-    todo = _missing_images(out_dir, prompts, n_per_class)
-    if not todo and manifest_path.exists():
+    if not todo and old is not None:
         return out_dir
+    old = old or {}
     if todo:  # load before writing anything, so a missing model leaves no trace
         pipe = pipeline if pipeline is not None else load_diffusion_pipeline(model_id, device, safety_checker)
         pipe = pipe.to(dev)
@@ -670,30 +677,39 @@ def generate_diffusion(out_dir, class_prompts: Mapping[str, str], n_per_class: i
         manifest["n_excluded"] = len(manifest["excluded"])
         atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2)))
 
-    write_manifest()
+    if rank == 0:
+        write_manifest()
     every = [(name, i) for name in prompts for i in range(n_per_class)]
     wanted = set(todo)
     batches = [batch for batch in (every[k:k + batch_size] for k in range(0, len(every), batch_size))
                if wanted.intersection(batch)]
-    if progress:
-        batches = tqdm(batches, desc="diffusion", unit="batch")
-    for batch in batches:
-        generators = [torch.Generator("cpu").manual_seed(seeds[name][i]) for name, i in batch]
-        with torch.inference_mode():
-            result = pipe([prompts[name] for name, _ in batch], height=image_size, width=image_size,
-                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                          generator=generators, output_type="pil")
-        flags = result.nsfw_content_detected
-        for j, ((name, i), image) in enumerate(zip(batch, result.images)):
-            if (name, i) not in wanted:
-                continue
-            flag = None if flags is None else bool(flags[j])
-            manifest["nsfw_content_detected"][name][str(i)] = flag
-            if flag:
-                manifest["excluded"].append({"class": name, "index": i, "seed": seeds[name][i]})
-            else:
-                atomic_write(out_dir / name / f"{i}.png", lambda tmp, im=image: im.save(tmp, format="PNG"))
-        write_manifest()
+    rounds = range(0, len(batches), world)  # round k: batch k + r on rank r
+    for k in tqdm(rounds, desc="diffusion", unit="batch" if world == 1 else "round",
+                  disable=not progress or rank != 0):
+        flagged = []  # (name, i, flag) of this rank's batch, in batch order
+        if k + rank < len(batches):
+            batch = batches[k + rank]
+            generators = [torch.Generator("cpu").manual_seed(seeds[name][i]) for name, i in batch]
+            with torch.inference_mode():
+                result = pipe([prompts[name] for name, _ in batch], height=image_size, width=image_size,
+                              num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                              generator=generators, output_type="pil")
+            flags = result.nsfw_content_detected
+            for j, ((name, i), image) in enumerate(zip(batch, result.images)):
+                if (name, i) not in wanted:
+                    continue
+                flag = None if flags is None else bool(flags[j])
+                flagged.append((name, i, flag))
+                if not flag:
+                    atomic_write(out_dir / name / f"{i}.png", lambda tmp, im=image: im.save(tmp, format="PNG"))
+        gathered = distributed.gather_object(flagged)
+        if rank == 0:  # ranks in order are batches in order
+            for name, i, flag in (item for part in gathered for item in part):
+                manifest["nsfw_content_detected"][name][str(i)] = flag
+                if flag:
+                    manifest["excluded"].append({"class": name, "index": i, "seed": seeds[name][i]})
+            write_manifest()
+    distributed.barrier()  # no rank returns before the manifest is complete
     return out_dir
 
 
@@ -954,7 +970,7 @@ def load_profile_data(profile: Profile | str, split: str = "analysis", seed: int
                     safety_checker=checker)
     folder = cache_dir() / "diffusion" / key
     pipeline = None
-    if dryrun and _missing_images(folder, prompts, n):
+    if dryrun and (distributed.rank_and_world()[1] > 1 or _missing_images(folder, prompts, n)):  # ranks alike
         pipeline = tiny_random_pipeline(image_size=size, seed=seed)
     generate_diffusion(folder, prompts, n, model_id=model_id, seed=seed, guidance_scale=7.5,
                        num_inference_steps=prof.diffusion_steps, image_size=size, device=dev,

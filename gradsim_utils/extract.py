@@ -14,7 +14,7 @@ down to the input as well (d y_c / d x, seed 001's variant), which needs the ful
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Iterator
 
 import numpy as np
@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from . import nets
+from . import distributed, nets
 from .devices import get_device, graph_enters_convolution, place
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "num_classes",
     "model_input",
     "representations",
+    "representations_sharded",
     "gradient_weight_identity_error",
     "loss_input_gradients",
 ]
@@ -342,6 +343,32 @@ def representations(
         model_name=_model_name(model),
         feature_hw=feature_hw,
     )
+
+
+def representations_sharded(model: nn.Module, images, targets=None, **kwargs) -> Representations | None:
+    """:func:`representations` over the processes of torchrun: rank 0 gets all N images' result.
+
+    Rank r runs the r-th contiguous share of ``images`` (and of per-image ``targets``;
+    ``distributed.shard(..., contiguous=True)``); the shares are gathered to rank 0 and concatenated
+    in rank order, which is the images' order. Other ranks return None. In one process this is
+    :func:`representations` itself. ``kwargs`` go to :func:`representations`.
+    """
+    rank, world = distributed.rank_and_world()
+    if world == 1:
+        return representations(model, images, targets=targets, **kwargs)
+    images = as_image_tensor(images)
+    if len(images) < world:
+        raise ValueError(f"images: {len(images)} image(s) cannot be shared out among {world} processes")
+    targets = as_targets(targets, len(images), num_classes(model))
+    local = representations(model, distributed.shard(images, contiguous=True),
+                            targets=None if targets is None else distributed.shard(targets, contiguous=True),
+                            **kwargs)
+    parts = distributed.gather_object(local)
+    if parts is None:
+        return None
+    tensors = {f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Representations)
+               if isinstance(getattr(local, f.name), torch.Tensor)}
+    return replace(parts[0], **tensors)
 
 
 def _model_name(model: nn.Module) -> str:

@@ -17,12 +17,12 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
 # import only layer-1 modules; book (the runner), plotting and report import nothing of the package;
 # site_links (the Sphinx extension) imports notebook_download (the reader's notebook copy).
 LAYERS = {
-    1: ("profiles", "cache", "stats", "checks", "devices", "provenance", "book", "plotting", "report", "notebook_download",
+    1: ("profiles", "cache", "stats", "checks", "devices", "distributed", "provenance", "book", "plotting", "report", "notebook_download",
         "site_links"),
     2: ("data", "nets"),
     3: ("training", "models", "extract"),
     4: ("similarity", "clustering", "saliency", "localisation", "gap_statistics", "class_statistics",
-        "label_similarity", "folder_statistics", "rsvc", "sfam", "metric_learning", "alignment", "memory"),
+        "label_similarity", "folder_statistics", "rsvc", "sfam", "metric_learning", "alignment", "memory", "scale_out"),
 }
 LAYER = {module: layer for layer, modules in LAYERS.items() for module in modules}
 FACADE = "__init__"  # imports every module for `from gradsim_utils import ...`; above all layers
