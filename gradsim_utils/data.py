@@ -37,7 +37,8 @@ __all__ = [
     "AnimalClass", "ANIMAL_CLASSES", "DEFAULT_DIFFUSION_MODEL", "ModelUnavailableError",
     "image_seed", "load_diffusion_pipeline", "tiny_random_pipeline", "generate_diffusion",
     "IMAGE_EXTENSIONS", "CorruptImageError", "ImageFolder", "ANNOTATION_COLUMNS", "read_annotations",
-    "load_image_folder", "load_profile_data",
+    "load_image_folder", "load_profile_data", "square_image", "square_box", "DIFFUSION_IMAGE_SIZE",
+    "generated_image_size",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -461,6 +462,7 @@ ANIMAL_CLASSES = [
 ]
 DEFAULT_DIFFUSION_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 _DIFFUSION_CODE_VERSION = 2
+DIFFUSION_IMAGE_SIZE = 512  # Stable Diffusion v1.5's native resolution, the paper profile's images
 _DIFFUSION_BATCH_SIZE = 4
 
 
@@ -933,6 +935,12 @@ def load_image_folder(root, image_size: int = 224, class_names: Sequence[str] | 
 # Per-profile entry point
 # --------------------------------------------------------------------------------------------
 
+def generated_image_size(prof: Profile) -> int:
+    """The side of a diffusion profile's generated images: DIFFUSION_IMAGE_SIZE, or the profile's image
+    size for the dry run's tiny pipeline."""
+    return prof.image_size if prof.data == "diffusion-dryrun" else DIFFUSION_IMAGE_SIZE
+
+
 def load_profile_data(profile: Profile | str, split: str = "analysis", seed: int = 0,
                       device: str = "auto", progress: bool = False) -> Benchmark | ImageFolder:
     """The images a chapter analyses (or trains on) under ``profile``.
@@ -964,7 +972,7 @@ def load_profile_data(profile: Profile | str, split: str = "analysis", seed: int
     prompts = {a.name: a.prompt for a in ANIMAL_CLASSES}
     dryrun = prof.data == "diffusion-dryrun"
     model_id = "gradsim-tiny-random" if dryrun else (prof.diffusion_model or DEFAULT_DIFFUSION_MODEL)
-    size = prof.image_size if dryrun else 512
+    size = generated_image_size(prof)
     dev = get_device(device)
     dtype = torch.float32 if dryrun else diffusion_dtype(dev)
     checker = not dryrun  # the tiny random pipeline has no safety checker
