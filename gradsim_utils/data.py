@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from . import checks, distributed, provenance
 from .cache import atomic_write, cache_dir, cache_key
 from .devices import get_device
-from .profiles import Profile, get_profile
+from .profiles import Profile, chapter_settings, get_profile
 
 __all__ = [
     "ATTRIBUTE_NAMES", "PALETTES", "PATTERNS", "SHAPES", "BASE_CLASSES", "NOVEL_CLASSES", "MEAN", "STD",
@@ -37,7 +37,8 @@ __all__ = [
     "AnimalClass", "ANIMAL_CLASSES", "DEFAULT_DIFFUSION_MODEL", "ModelUnavailableError",
     "image_seed", "load_diffusion_pipeline", "tiny_random_pipeline", "generate_diffusion",
     "IMAGE_EXTENSIONS", "CorruptImageError", "ImageFolder", "ANNOTATION_COLUMNS", "read_annotations",
-    "load_image_folder", "load_profile_data",
+    "load_image_folder", "load_profile_data", "square_image", "square_box", "DIFFUSION_IMAGE_SIZE",
+    "generated_image_size",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -461,6 +462,7 @@ ANIMAL_CLASSES = [
 ]
 DEFAULT_DIFFUSION_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 _DIFFUSION_CODE_VERSION = 2
+DIFFUSION_IMAGE_SIZE = 512  # Stable Diffusion v1.5's native resolution, the paper profile's images
 _DIFFUSION_BATCH_SIZE = 4
 
 
@@ -764,33 +766,48 @@ def _natural_key(path: Path):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
 
 
-def _read_square(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """RGB image file resized so its shorter side is ``size``, centre-cropped to size x size; and the
-    file's own (width, height)."""
+def _read_square(path: Path, size: int, resize_size: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """RGB image file as :func:`square_image` makes it; and the file's own (width, height)."""
     with Image.open(path) as image:
-        return _square(image.convert("RGB"), size), image.size
+        return square_image(image.convert("RGB"), size, resize_size), image.size
 
 
-def _square_geometry(width: int, height: int, size: int) -> tuple[int, int, int, int]:
-    """The resized (width, height) of a ``width`` x ``height`` image whose shorter side becomes
-    ``size``, and the (left, top) corner of its centre crop of size x size."""
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    return new_w, new_h, (new_w - size) // 2, (new_h - size) // 2
+def _square_geometry(width: int, height: int, size: int, resize_size: int | None = None) -> tuple[int, int, int, int]:
+    """The resized (width, height) of a ``width`` x ``height`` image and the (left, top) corner of its
+    centre crop of size x size. ``resize_size`` None: the shorter side becomes ``size`` (sides rounded,
+    corner floored); else it becomes ``resize_size`` as in torchvision's Resize(resize_size) +
+    CenterCrop(size) (longer side truncated, corner rounded)."""
+    if resize_size is None:
+        scale = size / min(width, height)
+        new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+        return new_w, new_h, (new_w - size) // 2, (new_h - size) // 2
+    short, long = sorted((width, height))
+    new_short, new_long = resize_size, int(resize_size * long / short)
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    return new_w, new_h, int(round((new_w - size) / 2)), int(round((new_h - size) / 2))
 
 
-def _square(image: Image.Image, size: int) -> np.ndarray:
-    """``image`` resized so its shorter side is ``size`` (bicubic), centre-cropped to size x size."""
-    width, height, left, top = _square_geometry(image.width, image.height, size)
-    image = image.resize((width, height), Image.Resampling.BICUBIC)
+def square_image(image: Image.Image, size: int, resize_size: int | None = None) -> np.ndarray:
+    """``image`` resized and centre-cropped to size x size (H x W x 3 uint8), keeping its aspect ratio.
+
+    ``resize_size`` None: shorter side to ``size``, bicubic. Given: torchvision weights' own
+    preprocessing, ``weights.transforms()`` without the normalisation: shorter side to ``resize_size``,
+    bilinear (PIL's, antialiased), centre crop ``size`` (e.g. 256 and 224 for the ImageNet ResNets).
+    """
+    size = checks.integers(1, size=size)
+    resize_size = checks.integers(size, resize_size=resize_size, optional=True)
+    width, height, left, top = _square_geometry(image.width, image.height, size, resize_size)
+    resample = Image.Resampling.BICUBIC if resize_size is None else Image.Resampling.BILINEAR
+    image = image.resize((width, height), resample)
     return np.asarray(image.crop((left, top, left + size, top + size)))
 
 
-def _square_box(box: tuple[float, float, float, float], image_size: tuple[int, int], size: int) -> list[float]:
-    """A box (x0, y0, x1, y1) in the original image's pixels, in the resized and centre-cropped
-    size x size image (clipped to it); NaNs when the crop cuts it away."""
+def square_box(box: tuple[float, float, float, float], image_size: tuple[int, int], size: int,
+               resize_size: int | None = None) -> list[float]:
+    """A box (x0, y0, x1, y1) in the original ``image_size`` = (width, height) image's pixels, in the
+    size x size image :func:`square_image` makes (clipped to it); NaNs when the crop cuts it away."""
     width, height = image_size
-    new_w, new_h, left, top = _square_geometry(width, height, size)
+    new_w, new_h, left, top = _square_geometry(width, height, size, resize_size)
     x0, y0, x1, y1 = (min(max(v, 0.0), float(size)) for v in (
         box[0] * new_w / width - left, box[1] * new_h / height - top,
         box[2] * new_w / width - left, box[3] * new_h / height - top))
@@ -846,18 +863,21 @@ def sample_photos(image_size: int = 224) -> tuple[torch.Tensor, list[str]]:
     uint8 N x 3 x S x S tensor, for the offline real-model demonstration; and their names."""
     import skimage.data
 
-    arrays = [_square(Image.fromarray(getattr(skimage.data, name)()).convert("RGB"), image_size)
+    arrays = [square_image(Image.fromarray(getattr(skimage.data, name)()).convert("RGB"), image_size)
               for name in SAMPLE_PHOTOS]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), list(SAMPLE_PHOTOS)
 
 
 def load_image_folder(root, image_size: int = 224, class_names: Sequence[str] | None = None,
-                      on_error: str = "raise", annotations=None, min_per_class: int = 2) -> ImageFolder:
+                      on_error: str = "raise", annotations=None, min_per_class: int = 2,
+                      resize_size: int | None = None) -> ImageFolder:
     """Load ``root/<class>/<image>`` into memory, one label per class folder (any folder names).
 
     Classes are the sub-folders in sorted order, or ``class_names`` in that order. Files with an
     extension in IMAGE_EXTENSIONS are read (hidden files are ignored), in natural order; each is
-    resized so its shorter side is ``image_size`` (bicubic) and centre-cropped to a square.
+    resized so its shorter side is ``image_size`` (bicubic) and centre-cropped to a square, or, with
+    ``resize_size``, as torchvision weights' transforms() would: shorter side to ``resize_size``
+    (bilinear, antialiased), centre crop ``image_size`` (:func:`square_image`).
     Unreadable files: ``on_error="raise"`` raises CorruptImageError listing every one;
     ``"skip"`` leaves them out, lists them in ``skipped`` and warns with the count and names.
     Every class needs ``min_per_class`` readable images (2: one pair), else ValueError naming it.
@@ -869,6 +889,7 @@ def load_image_folder(root, image_size: int = 224, class_names: Sequence[str] | 
     """
     root = Path(root)
     image_size = checks.integers(1, image_size=image_size)
+    resize_size = checks.integers(image_size, resize_size=resize_size, optional=True)
     min_per_class = checks.integers(1, min_per_class=min_per_class)
     checks.one_of(_ON_ERROR, on_error=on_error)
     if not root.is_dir():
@@ -894,7 +915,7 @@ def load_image_folder(root, image_size: int = 224, class_names: Sequence[str] | 
             raise ValueError(f"class folder {root / name} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
         for path in files:
             try:
-                array, original = _read_square(path, image_size)
+                array, original = _read_square(path, image_size, resize_size)
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
                 bad.append((path, f"{type(err).__name__}: {err}"))
                 continue
@@ -917,7 +938,7 @@ def load_image_folder(root, image_size: int = 224, class_names: Sequence[str] | 
         raise ValueError(f"class folder(s) with fewer than {min_per_class} readable images: {', '.join(few)}")
     boxes, unboxed = None, []
     if known_boxes is not None:
-        rows = [_square_box(known_boxes[key], size, image_size) if key in known_boxes else [math.nan] * 4
+        rows = [square_box(known_boxes[key], size, image_size, resize_size) if key in known_boxes else [math.nan] * 4
                 for key, size in zip((p.relative_to(root).as_posix() for p in paths), sizes)]
         boxes = torch.tensor(rows, dtype=torch.float32)
         unboxed = [path for path, row in zip(paths, rows) if math.isnan(row[0])]
@@ -930,13 +951,20 @@ def load_image_folder(root, image_size: int = 224, class_names: Sequence[str] | 
 # Per-profile entry point
 # --------------------------------------------------------------------------------------------
 
+def generated_image_size(prof: Profile) -> int:
+    """The side of a diffusion profile's generated images: DIFFUSION_IMAGE_SIZE, or the profile's image
+    size for the dry run's tiny pipeline."""
+    return prof.image_size if prof.data == "diffusion-dryrun" else DIFFUSION_IMAGE_SIZE
+
+
 def load_profile_data(profile: Profile | str, split: str = "analysis", seed: int = 0,
                       device: str = "auto", progress: bool = False) -> Benchmark | ImageFolder:
     """The images a chapter analyses (or trains on) under ``profile``.
 
     "benchmark": :func:`make_benchmark` with the profile's per-class count for ``split`` and its
     image size. "diffusion": ANIMAL_CLASSES generated with the profile's Stable Diffusion model at
-    512 px into a cache folder, loaded at the profile's image size. "diffusion-dryrun": the same
+    512 px into a cache folder, loaded as the weights' preprocessing makes them (shorter side to the
+    profile's "images" resize_size, bilinear, centre crop to its image size). "diffusion-dryrun": the same
     with :func:`tiny_random_pipeline` at the profile's image size. The diffusion profiles have
     only an analysis split; their cache key covers the dtype and device type, and the returned
     ImageFolder lists in ``excluded`` the images the safety checker flagged (not on disk).
@@ -960,7 +988,7 @@ def load_profile_data(profile: Profile | str, split: str = "analysis", seed: int
     prompts = {a.name: a.prompt for a in ANIMAL_CLASSES}
     dryrun = prof.data == "diffusion-dryrun"
     model_id = "gradsim-tiny-random" if dryrun else (prof.diffusion_model or DEFAULT_DIFFUSION_MODEL)
-    size = prof.image_size if dryrun else 512
+    size = generated_image_size(prof)
     dev = get_device(device)
     dtype = torch.float32 if dryrun else diffusion_dtype(dev)
     checker = not dryrun  # the tiny random pipeline has no safety checker
@@ -977,6 +1005,7 @@ def load_profile_data(profile: Profile | str, split: str = "analysis", seed: int
                        pipeline=pipeline, batch_size=_DIFFUSION_BATCH_SIZE, progress=progress,
                        safety_checker=checker)
     # the profile sets the count per class (1 in quick tests); the chapters check what they need
-    images = load_image_folder(folder, image_size=prof.image_size, class_names=list(prompts), min_per_class=1)
+    images = load_image_folder(folder, image_size=prof.image_size, class_names=list(prompts), min_per_class=1,
+                               resize_size=chapter_settings(prof, "images")["resize_size"])
     images.excluded = diffusion_exclusions(folder)
     return images

@@ -61,8 +61,9 @@ def image_folder_stats(root, model: nn.Module, class_names: Sequence[str] | None
                        crop: int = 224, device: str | torch.device = "auto", progress: bool = True) -> FolderStats:
     """Stream ``root/<class>/<image>`` class by class through ``model``: per-class GAP and hidden sums.
 
-    Each image is resized so its shorter side is ``resize`` and centre-cropped to ``crop`` (the
-    reference's Resize(256) + CenterCrop(224); bicubic here). Only one class's images are in memory
+    Each image is resized so its shorter side is ``resize`` (bilinear, antialiased) and centre-cropped
+    to ``crop``: the reference's Resize(256) + CenterCrop(224), torchvision's default bilinear, as its
+    weights' transforms() (``data.load_image_folder`` with ``resize_size``). Only one class's images are in memory
     at a time; ``accuracy`` is top-1 against the folders' ImageNet indices
     (``models.imagenet_class_indices``).
 
@@ -86,11 +87,10 @@ def image_folder_stats(root, model: nn.Module, class_names: Sequence[str] | None
     indices = models.imagenet_class_indices(class_names, categories)
     if not 0 < crop <= resize:
         raise ValueError(f"need 0 < crop <= resize, got crop={crop}, resize={resize}")
-    off = (resize - crop) // 2
 
     def class_features(label):
-        folder = data.load_image_folder(root, image_size=resize, class_names=[class_names[label]])
-        images = folder.images[:, :, off:off + crop, off:off + crop]
+        images = data.load_image_folder(root, image_size=crop, class_names=[class_names[label]],
+                                        resize_size=resize).images
         return images, gap_features(model, images, where=where, batch_size=batch_size, device=device, progress=False)
 
     rank, world = distributed.rank_and_world()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -374,8 +375,11 @@ def load_cub(root, image_size: int, split: str = "novel", max_per_class: int | N
     ``images.txt`` (``<id> <relative path>``), ``image_class_labels.txt`` (``<id> <class id>``),
     ``classes.txt`` (``<class id> <name>``), ``bounding_boxes.txt`` (``<id> <x> <y> <w> <h>``, pixels).
     Classes are split as in Chen et al. (2019), the split seed 004 follows: with i the 0-based
-    class position, base = even i, val = i % 4 == 1, novel = i % 4 == 3. Images are resized to
-    ``image_size`` squared (no crop, so the box stays whole) and boxes scaled with them.
+    class position, base = even i, val = i % 4 == 1, novel = i % 4 == 3. Images keep their aspect
+    ratio, as torchvision's Resize(image_size) + CenterCrop(image_size) would make them: shorter side
+    to ``image_size`` (bilinear, antialiased), centre crop (``data.square_image``); boxes follow and are
+    clipped to the crop (``data.square_box``). An image whose box the crop cuts away entirely is left
+    out, with a warning that counts them.
     """
     root = Path(root).expanduser()
     if split not in _CUB_SPLITS:
@@ -396,7 +400,7 @@ def load_cub(root, image_size: int, split: str = "novel", max_per_class: int | N
     if not keep:
         raise ValueError(f"{root} has no {split!r} classes ({len(class_ids)} classes in classes.txt)")
     label_of = {c: i for i, c in enumerate(keep)}
-    arrays, labels, out_boxes, per_class = [], [], [], {}
+    arrays, labels, out_boxes, per_class, cut = [], [], [], {}, []
     for image_id in sorted(paths):
         cls = image_class.get(image_id)
         if cls not in label_of or (max_per_class and per_class.get(cls, 0) >= max_per_class):
@@ -406,16 +410,22 @@ def load_cub(root, image_size: int, split: str = "novel", max_per_class: int | N
         path = root / "images" / paths[image_id][0]
         try:
             with Image.open(path) as image:
-                width, height = image.size
-                arrays.append(np.asarray(image.convert("RGB").resize((image_size, image_size),
-                                                                     Image.Resampling.BICUBIC)))
+                array = data.square_image(image.convert("RGB"), image_size, resize_size=image_size)
+                size = image.size
         except OSError as err:
             raise data.CorruptImageError(f"cannot read {path}: {err}", [path]) from err
         x, y, w, h = boxes[image_id]
-        sx, sy = image_size / width, image_size / height
-        out_boxes.append([x * sx, y * sy, min((x + w) * sx, image_size), min((y + h) * sy, image_size)])
+        box = data.square_box((x, y, x + w, y + h), size, image_size, resize_size=image_size)
+        if math.isnan(box[0]):
+            cut.append(path)
+            continue
+        arrays.append(array)
+        out_boxes.append(box)
         labels.append(label_of[cls])
         per_class[cls] = per_class.get(cls, 0) + 1
+    if cut:
+        warnings.warn(f"left out {len(cut)} CUB image(s) whose box the centre crop cuts away: "
+                      f"{', '.join(p.name for p in cut[:5])}{' ...' if len(cut) > 5 else ''}", stacklevel=2)
     return FewShotData(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(),
                        torch.tensor(labels), torch.tensor(out_boxes, dtype=torch.float32),
                        [class_rows[c][0] for c in keep])

@@ -39,13 +39,13 @@ from torch import nn
 from . import checks, data, training
 from .devices import get_device
 from .nets import HeadNotFoundError, ModelInfo, build_tiny_resnet, find_head, model_info
-from .profiles import TINY_MODELS, TORCHVISION_MODELS, Profile, chapter_settings, get_profile, training_seeds
+from .profiles import PROFILES, TINY_MODELS, TORCHVISION_MODELS, Profile, chapter_settings, get_profile, training_seeds
 
 __all__ = [
     "MODEL_NAMES", "TIMM_PREFIX", "LiteModel", "LITE_MODELS", "WeightsUnavailableError", "hub_checkpoint_path",
     "timm_weights_file", "torchvision_model_names", "model_family", "read_class_names", "load_model",
     "models_for_profile", "RegimeRun", "regime_runs", "class_logit_indices", "imagenet_class_indices",
-    "YourModels", "your_models", "your_runs", "output_targets",
+    "YourModels", "your_models", "your_runs", "output_targets", "preprocessing_rows",
 ]
 
 
@@ -647,3 +647,33 @@ def output_targets(model: nn.Module, class_names: Sequence[str], labels) -> torc
     except ValueError:
         return None
     return indices[torch.as_tensor(labels).long()]
+
+
+def _numbers(values) -> str:
+    """(0.485, 0.456, 0.406) -> "0.485/0.456/0.406"."""
+    return "/".join(f"{v:g}" for v in values)
+
+
+def preprocessing_rows() -> list[dict[str, str]]:
+    """How each profile's images reach its models, one row per profile and one for the Lite regime
+    (columns profile, models, images, preprocessing), from the settings the code uses."""
+    lite_sizes = "/".join(str(spec.input_size) for spec in LITE_MODELS.values())
+    rows = []
+    for prof in PROFILES.values():
+        if prof.data == "benchmark":
+            rows.append(dict(profile=prof.name, models="tiny ResNets",
+                             images=f"benchmark rendered at {prof.image_size} px, the input size",
+                             preprocessing=f"no resize; mean {_numbers(data.MEAN)}, std {_numbers(data.STD)}"))
+            continue
+        resize, sfam = chapter_settings(prof, "images")["resize_size"], chapter_settings(prof, "sfam")
+        rows.append(dict(
+            profile=prof.name, models=f"torchvision ResNets ({prof.weights or 'random'} weights)",
+            images=(f"{'tiny random diffusion pipeline' if prof.data == 'diffusion-dryrun' else 'Stable Diffusion'}, "
+                    f"{data.generated_image_size(prof)} px; ImageNet folders (ch. 6); CUB (ch. 8)"),
+            preprocessing=(f"weights.transforms(): shorter side to {resize} px (bilinear, antialiased), centre crop "
+                           f"{prof.image_size} px, mean {_numbers(IMAGENET_MEAN)}, std {_numbers(IMAGENET_STD)}; "
+                           f"CUB: shorter side to {sfam['image_size']} px, centre crop, boxes clipped")))
+    rows.append(dict(profile="every profile", models="EfficientNet-Lite (lite regime)",
+                     images=f"benchmark rendered at each model's input size, {lite_sizes} px",
+                     preprocessing=f"no resize; mean {_numbers(LITE_MEAN)}, std {_numbers(LITE_STD)}"))
+    return rows

@@ -19,9 +19,11 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.functional as TF
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from . import checks
 from .profiles import TINY_MODELS
 
 __all__ = [
@@ -345,16 +347,30 @@ def build_tiny_resnet(name: str, num_classes: int, base_width: int = 16,
 
 
 def prepare_images(images: torch.Tensor, device: torch.device, mean, std, size: int | None = None,
-                   memory_format: torch.memory_format | None = None) -> torch.Tensor:
+                   memory_format: torch.memory_format | None = None, resize_size: int | None = None) -> torch.Tensor:
     """The one preparation of images as model input: float32 on ``device``, (x / 255 - mean) / std.
 
-    images: N x 3 x H x W, uint8 on 0-255 or float on 0-1 (checked). They are resized (bilinear,
-    with antialiasing) to ``size`` x ``size`` when given and different, then normalised per channel
-    with ``mean``/``std`` (sequences or tensors, on a 0-1 scale). ``memory_format``: the result's
-    layout (``devices.place``'s format), or None to leave it as computed.
+    images: N x 3 x H x W, uint8 on 0-255 or float on 0-1 (checked). Images already ``size`` x
+    ``size`` (or ``size`` None) are only normalised: they are taken as the input crop itself (the
+    benchmark is rendered at the model's input size; folders of the paper profile are loaded as the
+    weights' crop by ``data.load_image_folder``). Other sizes: with ``resize_size``, the weights' own
+    preprocessing (torchvision's ``weights.transforms()``, through the same torchvision functions, so
+    equal on tensors): the shorter side resized to ``resize_size`` (bilinear, antialiased; uint8 stays
+    uint8, rounded, as torchvision does), centre crop ``size`` x ``size``; without it, a bilinear
+    antialiased resize straight to ``size`` x ``size``. Then normalised per channel with
+    ``mean``/``std`` (sequences or tensors, on a 0-1 scale). ``memory_format``: the result's layout
+    (``devices.place``'s format), or None to leave it as computed.
     """
+    _check_batch(images)
+    resize_size = checks.integers(1, resize_size=resize_size, optional=True)
+    resize = size is not None and tuple(images.shape[-2:]) != (size, size)
+    if resize and resize_size is not None:
+        if size > resize_size:
+            raise ValueError(f"the crop size {size} must not exceed resize_size {resize_size}")
+        cropped = TF.resize(images.to(device), [resize_size], TF.InterpolationMode.BILINEAR, antialias=True)
+        images, resize = TF.center_crop(cropped, [size]), False
     x = _unit_float(images, device)
-    if size is not None and tuple(x.shape[-2:]) != (size, size):
+    if resize:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     mean, std = (torch.as_tensor(v, device=device).view(1, 3, 1, 1) for v in (mean, std))
     x = (x - mean) / std
@@ -363,20 +379,25 @@ def prepare_images(images: torch.Tensor, device: torch.device, mean, std, size: 
 
 def prepare_inputs(model: nn.Module, images: torch.Tensor,
                    memory_format: torch.memory_format | None = None) -> torch.Tensor:
-    """:func:`prepare_images` for ``model``: on its device, at ``gradsim_info``'s input size and
-    normalisation."""
+    """:func:`prepare_images` for ``model``: on its device, at ``gradsim_info``'s input size, resize size
+    (the weights' own preprocessing, when known) and normalisation."""
     info = model_info(model)
     return prepare_images(images, next(model.parameters()).device, info.mean, info.std, info.input_size,
-                          memory_format)
+                          memory_format, info.resize_size)
+
+
+def _check_batch(images) -> None:
+    """Raise unless ``images`` is a non-empty N x 3 x H x W tensor."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] == 0:
+        raise ValueError(f"images must be a non-empty N x 3 x H x W tensor, got shape {tuple(images.shape)}")
 
 
 def _unit_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Checked N x 3 x H x W images as float32 on a 0-1 scale on ``device``: uint8 (0-255) is
     divided by 255; float must already lie in [0, 1] and be finite; anything else raises."""
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-    if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] == 0:
-        raise ValueError(f"images must be a non-empty N x 3 x H x W tensor, got shape {tuple(images.shape)}")
+    _check_batch(images)
     if images.dtype == torch.uint8:
         x = images.to(device).float().div_(255)
     elif images.is_floating_point():

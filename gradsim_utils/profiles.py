@@ -51,6 +51,9 @@ class Profile:
 _SFAM = dict(base_width=16, weights=None, n_train_per_class=300, train_steps=150, train_way=10, train_shot=4,
              train_query=4, lr=3e-3, n_eval_per_class=60, n_episodes=1000, n_loc_episodes=1000,
              n_sanity_pairs=48, n_sanity_stages=None, batch_size=128, micro_batch=None)
+# How the diffusion profiles' images are loaded ("images"): as the paper weights' transforms()
+# (IMAGENET1K_V1 of every ResNet: shorter side to 256, bilinear, centre crop to image_size; tested).
+_PAPER_IMAGES = dict(resize_size=256)
 _TINY_METRIC = (("euclidean", "tiny-resnet18"), ("cosine", "tiny-resnet18"))
 _TORCHVISION_METRIC = (("euclidean", "resnet18"), ("cosine", "resnet50"))
 # Chapter 9 ("alignment") always trains on the benchmark: paper-dryrun runs the smoke sizes,
@@ -95,7 +98,7 @@ PROFILES: dict[str, Profile] = {
         image_size=224, n_train_per_class=0, n_analysis_per_class=100,
         weights="IMAGENET1K_V1", diffusion_model="stable-diffusion-v1-5/stable-diffusion-v1-5",
         diffusion_steps=30, regime="paper",
-        extra={"lite": _LITE_QUICK,
+        extra={"images": _PAPER_IMAGES, "lite": _LITE_QUICK,
                "sfam": {**_SFAM, "backbones": _TORCHVISION_METRIC, "image_size": 224, "weights": "IMAGENET1K_V1",
                         "train_steps": 2000, "train_way": 20, "train_shot": 5, "train_query": 10, "lr": 1e-3,
                         "n_eval_per_class": 60, "n_episodes": 2000, "n_loc_episodes": 10000,
@@ -107,7 +110,7 @@ PROFILES: dict[str, Profile] = {
         name="paper-dryrun", data="diffusion-dryrun", models=TORCHVISION_MODELS,
         image_size=224, n_train_per_class=0, n_analysis_per_class=2,
         weights=None, diffusion_model=None, diffusion_steps=2, regime="paper",
-        extra={"lite": _LITE_SMOKE,
+        extra={"images": _PAPER_IMAGES, "lite": _LITE_SMOKE,
                "sfam": {**_SFAM, "backbones": _TORCHVISION_METRIC, "image_size": 224, "weights": None,
                         "train_steps": 0, "n_eval_per_class": 7, "n_episodes": 20, "n_loc_episodes": 10,
                         "n_sanity_pairs": 3, "n_sanity_stages": 3, "batch_size": 32},

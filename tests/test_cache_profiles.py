@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 from gradsim_utils import book, cache, devices, profiles
 
@@ -85,7 +86,18 @@ def test_chapter_settings_copy_the_profile_and_name_unknown_overrides():
         profiles.chapter_settings("smoke", "rsvc", clases=3)
     with pytest.raises(ValueError, match="no settings for chapter 'nope'"):
         profiles.chapter_settings("smoke", "nope")
-    assert all(set(p.extra) == {"sfam", "rsvc", "alignment", "lite"} for p in profiles.PROFILES.values())
+    assert all(set(p.extra) == {"sfam", "rsvc", "alignment", "lite"} | ({"images"} if p.data != "benchmark" else set())
+               for p in profiles.PROFILES.values())
+
+
+def test_paper_images_are_loaded_as_the_paper_weights_preprocess():
+    """The diffusion profiles' resize + crop are every paper model's weights.transforms() sizes."""
+    paper = profiles.get_profile("paper")
+    for name in paper.models:
+        preset = torchvision.models.get_model_weights(name)[paper.weights].transforms()
+        for prof in ("paper", "paper-dryrun"):
+            assert (profiles.chapter_settings(prof, "images")["resize_size"], profiles.get_profile(prof).image_size) \
+                == (preset.resize_size[0], preset.crop_size[0])
 
 
 def test_device_selection():

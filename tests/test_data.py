@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms
 from torchvision.models import ResNet18_Weights
 
 from gradsim_utils import cache, data, profiles
@@ -557,6 +558,37 @@ def test_annotation_csv_gives_boxes_in_the_loaded_images(tmp_path):
         assert white[:, 0].min() >= math.floor(y0) and white[:, 0].max() < math.ceil(y1), keys[i]
     # wugs/a.png is 80 x 40: scaled by 0.5 to 40 x 20, then cropped at x = 10
     torch.testing.assert_close(folder.boxes[3], torch.tensor([0.0, 5.0, 20.0, 15.0]))
+
+
+def test_folder_loaded_as_the_weights_transforms(tmp_path):
+    """resize_size: each file becomes weights.transforms()'s crop (PIL path), normalising aside; boxes follow."""
+    preset = ResNet18_Weights.IMAGENET1K_V1.transforms()
+    rng = np.random.default_rng(0)
+    root, rows = tmp_path / "photos", []
+    for name, (width, height) in {"a/wide.png": (451, 300), "a/tall.png": (250, 333), "b/sq.png": (512, 512)}.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 60, (height, width, 3), dtype=np.uint8)
+        pixels[100:200, 150:300] = 255                                    # white box x 150-300, y 100-200
+        Image.fromarray(pixels).save(root / name)
+        rows.append(f"{name},150,100,300,200")
+    (tmp_path / "boxes.csv").write_text("file,x0,y0,x1,y1\n" + "\n".join(rows) + "\n")
+    folder = data.load_image_folder(root, image_size=224, resize_size=256, annotations=tmp_path / "boxes.csv",
+                                    min_per_class=1)
+    normalise = transforms.Normalize(preset.mean, preset.std)
+    for image, path, box in zip(folder.images, folder.paths, folder.boxes):
+        with Image.open(path) as pil:
+            expected = preset(pil.convert("RGB"))
+        assert (normalise(image.float() / 255) - expected).abs().max().item() < 1e-5, path.name
+        x0, y0, x1, y1 = box.tolist()                                      # the white block is inside the box
+        white = (image.float().mean(0) > 200).nonzero()
+        assert white[:, 1].min() >= math.floor(x0) and white[:, 1].max() < math.ceil(x1), path.name
+        assert white[:, 0].min() >= math.floor(y0) and white[:, 0].max() < math.ceil(y1), path.name
+    # wide.png 451 x 300 is resized to 384 x 256 (longer side truncated) and cropped at (80, 16)
+    sx, sy = 384 / 451, 256 / 300
+    torch.testing.assert_close(folder.boxes[folder.paths.index(root / "a/wide.png")],
+                               torch.tensor([150 * sx - 80, 100 * sy - 16, 300 * sx - 80, 200 * sy - 16]))
+    with pytest.raises(ValueError, match="resize_size"):
+        data.load_image_folder(root, image_size=224, resize_size=200)
 
 
 def test_annotation_and_folder_errors_name_parameter_and_path(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from PIL import Image
 from scipy import stats
@@ -14,7 +15,7 @@ from gradsim_utils import class_statistics as cs
 from gradsim_utils import folder_statistics as fs
 from gradsim_utils import gap_statistics as gs
 from gradsim_utils import label_similarity as ls
-from gradsim_utils import models, nets
+from gradsim_utils import data, models, nets
 
 
 def _scipy_welch(x, y):
@@ -232,5 +233,8 @@ def test_image_folder_stats_streams_classes(tmp_path):
     assert out.n_images == 6 and out.gap["conv"].count.tolist() == [2, 2, 2]
     assert out.gap["conv"].sum.shape == (3, 3904) and out.hidden.sum.shape == (3, 512)
     assert out.thumbnails.shape == (3, 3, 96, 96)
+    first = data.load_image_folder(tmp_path, image_size=56, class_names=["baseball"], resize_size=64).images[:1]
+    torch.testing.assert_close(out.thumbnails[:1], F.interpolate(first.float(), size=(96, 96), mode="bilinear",
+                                                                  antialias=True).round().byte())  # the weights' crop
     with pytest.raises(FileNotFoundError, match="does not exist"):
         fs.image_folder_stats(tmp_path / "missing", net, progress=False)

@@ -92,6 +92,23 @@ def test_cub_folder_round_trip(tmp_path):
     assert len(base.class_names) == (len(bench.class_names) + 1) // 2
 
 
+def test_load_cub_keeps_the_aspect_ratio_and_maps_boxes(tmp_path):
+    """A 60 x 40 (w x h) image at 32 px: 48 x 32 bilinear, centre crop at x = 8; boxes follow, clipped."""
+    images = torch.full((3, 3, 40, 60), 20, dtype=torch.uint8)
+    boxes = torch.tensor([[20.0, 10.0, 40.0, 30.0], [0.0, 5.0, 8.0, 35.0], [4.0, 0.0, 30.0, 40.0]])
+    for image, (x0, y0, x1, y1) in zip(images, boxes.int().tolist()):
+        image[:, y0:y1, x0:x1] = 250
+    ml.write_cub_folder(tmp_path, images, torch.tensor([0, 0, 1]), boxes, ["wren", "tern"])
+    with pytest.warns(UserWarning, match="left out 1 CUB image"):                 # the second: cut away
+        base = ml.load_cub(tmp_path, image_size=32, split="base")
+    assert base.images.shape == (1, 3, 32, 32) and base.labels.tolist() == [0]
+    torch.testing.assert_close(base.boxes[0], torch.tensor([8.0, 8.0, 24.0, 24.0]))  # 0.8 x, minus 8 in x
+    white = (base.images[0].float().mean(0) > 200).nonzero()
+    assert (white[:, 1].min(), white[:, 1].max(), white[:, 0].min(), white[:, 0].max()) == (8, 23, 8, 23)
+    val = ml.load_cub(tmp_path, image_size=32, split="val")                      # class 2 (i % 4 == 1)
+    torch.testing.assert_close(val.boxes[0], torch.tensor([0.0, 0.0, 16.0, 32.0]))   # clipped to the crop
+
+
 def test_load_cub_missing_folder_names_the_parameter(tmp_path):
     with pytest.raises(FileNotFoundError, match="cub_root"):
         ml.load_cub(tmp_path / "nowhere", image_size=32)

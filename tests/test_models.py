@@ -1,13 +1,15 @@
 """Models: loading and caching, weights offline, class names to model outputs."""
 import dataclasses
+import inspect
 import socket
 import sys
 import time
 
 import pytest
 import torch
+import torchvision
 
-from gradsim_utils import cache, data, models, nets, profiles, training
+from gradsim_utils import cache, data, folder_statistics, models, nets, profiles, training
 
 
 @pytest.fixture(scope="module")
@@ -395,3 +397,16 @@ def test_timm_pretrained_weights_load_from_the_local_cache(empty_hub_dir, monkey
     loaded = models.load_model("timm:resnet18", weights="DEFAULT", device="cpu")
     assert models.timm_weights_file("resnet18") == path and loaded.gradsim_info.weights == str(path)
     assert torch.equal(_outputs(loaded), _outputs(source))
+
+
+def test_preprocessing_rows_state_each_profile_from_its_settings():
+    rows = {row["profile"]: row for row in models.preprocessing_rows()}
+    assert set(rows) == set(profiles.PROFILES) | {"every profile"}
+    assert "rendered at 32 px" in rows["smoke"]["images"] and "no resize" in rows["quick"]["preprocessing"]
+    preset = torchvision.models.ResNet50_Weights.IMAGENET1K_V1.transforms()
+    assert (f"shorter side to {preset.resize_size[0]} px (bilinear, antialiased), centre crop {preset.crop_size[0]} px, "
+            f"mean 0.485/0.456/0.406") in rows["paper"]["preprocessing"]
+    assert "Stable Diffusion, 512 px" in rows["paper"]["images"] and "IMAGENET1K_V1" in rows["paper"]["models"]
+    assert "224/240/260 px" in rows["every profile"]["images"]
+    folder = inspect.signature(folder_statistics.image_folder_stats).parameters   # chapter 6: the same crop
+    assert (folder["resize"].default, folder["crop"].default) == (preset.resize_size[0], preset.crop_size[0])

@@ -75,13 +75,36 @@ def test_prepare_inputs_resizes_and_rejects_bad_input():
 def test_prepare_images_is_prepare_inputs_and_sets_the_layout():
     model = models.load_model("resnet18", weights=None, device="cpu")
     images = torch.randint(0, 256, (2, 3, 40, 40), dtype=torch.uint8)
-    plain = nets.prepare_images(images, torch.device("cpu"), models.IMAGENET_MEAN, models.IMAGENET_STD, 224)
+    plain = nets.prepare_images(images, torch.device("cpu"), models.IMAGENET_MEAN, models.IMAGENET_STD, 224,
+                                resize_size=256)
     assert torch.equal(plain, nets.prepare_inputs(model, images))
     last = nets.prepare_inputs(model, images, torch.channels_last)
     assert last.is_contiguous(memory_format=torch.channels_last) and torch.equal(last, plain)
     same = nets.prepare_images(images, torch.device("cpu"), torch.tensor(models.IMAGENET_MEAN),
                                models.IMAGENET_STD)
     assert same.shape == (2, 3, 40, 40)                                  # size None: no resize
+
+
+def test_prepare_inputs_is_the_weights_transforms_on_tensors():
+    """Not input-sized images go through weights.transforms(): shorter side to 256, centre crop 224."""
+    model = models.load_model("resnet50", weights=None, device="cpu", checkpoint=None)
+    assert (nets.model_info(model).resize_size, nets.model_info(model).input_size) == (232, 224)  # DEFAULT: V2
+    reference = torchvision.models.ResNet50_Weights.IMAGENET1K_V1.transforms()
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (2, 3, 300, 451), dtype=torch.uint8, generator=generator)  # landscape
+    tall = torch.rand(2, 3, 333, 250, generator=generator)                                    # portrait, float
+    for batch in (images, images.float() / 255, tall):
+        ours = nets.prepare_images(batch, torch.device("cpu"), reference.mean, reference.std, 224, resize_size=256)
+        assert ours.shape == (2, 3, 224, 224)
+        assert (ours - reference(batch)).abs().max().item() < 1e-5
+    square = torch.randint(0, 256, (1, 3, 224, 224), dtype=torch.uint8, generator=generator)
+    taken = nets.prepare_images(square, torch.device("cpu"), reference.mean, reference.std, 224, resize_size=256)
+    torch.testing.assert_close(taken, nets.prepare_images(square, torch.device("cpu"), reference.mean,
+                                                          reference.std, 224))    # input-sized: the crop itself
+    with pytest.raises(ValueError, match="resize_size"):
+        nets.prepare_images(images, torch.device("cpu"), reference.mean, reference.std, 224, resize_size=0)
+    with pytest.raises(ValueError, match="must not exceed resize_size"):
+        nets.prepare_images(images, torch.device("cpu"), reference.mean, reference.std, 224, resize_size=200)
 
 
 def test_model_info_names_the_loader():
