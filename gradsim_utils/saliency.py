@@ -209,10 +209,9 @@ def _positives(ref, top: float, name: str, device: torch.device) -> torch.Tensor
 
 def _auc_rows(ranks: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
     """Mann-Whitney AUC per row from the scored map's ranks and the reference's positives."""
-    pos = positives.to(ranks.dtype)
-    n_pos = pos.sum(1)
-    n_neg = pos.shape[1] - n_pos
-    u = (ranks * pos).sum(1) - n_pos * (n_pos + 1) / 2
+    n_pos = positives.sum(1).to(ranks.dtype)
+    n_neg = positives.shape[1] - n_pos
+    u = ranks.where(positives, 0.0).sum(1) - n_pos * (n_pos + 1) / 2
     defined = (n_pos > 0) & (n_neg > 0)
     return torch.where(defined, u / (n_pos * n_neg).clamp_min(1), torch.full_like(u, 0.5))
 
@@ -286,10 +285,11 @@ def pair_metrics(maps, i, j, top: float = 0.2, chunk: int = 2048, device: str | 
     cols = {name: [] for name in ("cc", "sim", "kld_ij", "kld_ji", "auc_ij", "auc_ji")}
     for start in range(0, len(i), chunk):
         a, b = i[start:start + chunk].to(dev), j[start:start + chunk].to(dev)
+        dist_a, dist_b = dist[a], dist[b]  # gathered once for SIM and both KLDs
         cols["cc"].append((z[a] * z[b]).sum(1).clamp(-1.0, 1.0))
-        cols["sim"].append(torch.minimum(dist[a], dist[b]).sum(1))
-        cols["kld_ij"].append(_kld_rows(dist[a], dist[b]))
-        cols["kld_ji"].append(_kld_rows(dist[b], dist[a]))
+        cols["sim"].append(torch.minimum(dist_a, dist_b).sum(1))
+        cols["kld_ij"].append(_kld_rows(dist_a, dist_b))
+        cols["kld_ji"].append(_kld_rows(dist_b, dist_a))
         cols["auc_ij"].append(_auc_rows(ranks[a], positives[b]))
         cols["auc_ji"].append(_auc_rows(ranks[b], positives[a]))
     out = {name: (torch.cat(v) if v else torch.zeros(0, dtype=torch.float64)).cpu().numpy()
