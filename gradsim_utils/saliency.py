@@ -22,6 +22,11 @@ reference, both (H, W) or (N, H, W) stacks scored pair by pair (float64):
   ties at the cut included) are positives, the rest negatives; ties in P count one half
   (Mann-Whitney, equal to ``sklearn.metrics.roc_auc_score``). A boolean Q is used as given.
 
+``auc``, ``pair_auc`` and ``pair_metrics`` work on ``device`` ("auto": CUDA when present, else the
+CPU), in float64 everywhere, pixel ranks included (``average_ranks``, in torch): on the CPU they give
+the very numbers scipy's ranks gave; on a GPU the sums may differ in the last bits (summation order).
+Exact agreement with the CPU path matters more here than the speed float32 would give.
+
 Edge cases (DESIGN.md section 10): a map with zero sum is the uniform distribution in SIM and KLD;
 a reference with no positives or no negatives gives AUC 0.5; identical maps give CC 1 (non-constant),
 SIM 1, KLD 0. SIM and KLD need non-negative maps (Grad-CAM maps are). NaN or Inf raise.
@@ -33,7 +38,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats as _scipy_stats
 from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
@@ -43,7 +47,7 @@ from .cache import cache_key, cached_torch, content_digest
 from .devices import get_device, place
 from .stats import Estimate, percentile_interval
 
-__all__ = ["KLD_EPS", "cc", "sim", "kld", "binarise_top", "auc", "pair_auc", "pair_metrics",
+__all__ = ["KLD_EPS", "cc", "sim", "kld", "binarise_top", "average_ranks", "auc", "pair_auc", "pair_metrics",
            "pair_mean_replicates", "estimate_from_replicates", "pair_mean_ci", "GradCAM", "gradcam", "gradcam_with_control", "gradcam_maps", "cached_gradcam", "cached_gradcam_with_control", "SEED000_GRADCAM"]
 
 KLD_EPS = 2.2204e-16  # MATLAB eps, as in the MIT saliency benchmark's KLdiv.m
@@ -65,12 +69,12 @@ SEED000_GRADCAM = {
 # metrics
 
 
-def _as_maps(x, name: str) -> torch.Tensor:
-    """``x`` as a float64 (N, H, W) tensor; a single (H, W) map becomes N = 1."""
+def _as_maps(x, name: str, device: torch.device | None = None) -> torch.Tensor:
+    """``x`` as a float64 (N, H, W) tensor on ``device`` (None: where it is); a single (H, W) map becomes N = 1."""
     x = torch.as_tensor(x)
     if x.dtype == torch.bool:
         raise ValueError(f"{name} must be a real-valued map, got a boolean array")
-    x = x.to(torch.float64)
+    x = x.to(device=device, dtype=torch.float64)
     if x.ndim == 2:
         x = x[None]
     if x.ndim != 3 or x.shape[1] * x.shape[2] == 0:
@@ -172,61 +176,80 @@ def binarise_top(ref, top: float = 0.2) -> torch.Tensor:
     return out[0] if single else out
 
 
-def _ranks(x: torch.Tensor) -> torch.Tensor:
-    """Average ranks (1..HW, ties averaged) of each row, via scipy.stats.rankdata."""
-    return torch.from_numpy(_scipy_stats.rankdata(x.cpu().numpy(), method="average", axis=1)).to(x.device)
+def average_ranks(x) -> torch.Tensor:
+    """Ranks 1..M within each row of an (N, M) tensor, tied values sharing their average rank: float64
+    on ``x``'s device, equal to ``scipy.stats.rankdata(x, method="average", axis=1)``.
+
+    Each row is sorted; a run of equal values at sorted positions s..e (0-based) gets (s + e) / 2 + 1,
+    a half-integer and so exact in float64. The runs' ends come from running maxima and minima of
+    the positions where a value changes; no loop, no copy to the CPU.
+    """
+    x = torch.as_tensor(x)
+    if x.ndim != 2:
+        raise ValueError(f"x must be (N, M), got shape {tuple(x.shape)}")
+    values, order = x.sort(dim=1)
+    n, m = values.shape
+    position = torch.arange(m, device=x.device).expand(n, m)
+    starts = torch.ones_like(values, dtype=torch.bool)
+    starts[:, 1:] = values[:, 1:] != values[:, :-1]
+    ends = torch.ones_like(starts)
+    ends[:, :-1] = starts[:, 1:]
+    first = torch.where(starts, position, 0).cummax(1).values
+    last = torch.where(ends, position, m).flip(1).cummin(1).values.flip(1)
+    ranks = (first + last).to(torch.float64) / 2 + 1
+    return torch.empty_like(ranks).scatter_(1, order, ranks)
 
 
-def _positives(ref, top: float, name: str) -> torch.Tensor:
+def _positives(ref, top: float, name: str, device: torch.device) -> torch.Tensor:
     ref = torch.as_tensor(ref)
     if ref.dtype == torch.bool:
-        return (ref[None] if ref.ndim == 2 else ref).flatten(1)
-    return binarise_top(_as_maps(ref, name), top).flatten(1)
+        return (ref[None] if ref.ndim == 2 else ref).flatten(1).to(device)
+    return binarise_top(_as_maps(ref, name, device), top).flatten(1)
 
 
 def _auc_rows(ranks: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
     """Mann-Whitney AUC per row from the scored map's ranks and the reference's positives."""
-    pos = positives.to(ranks.dtype)
-    n_pos = pos.sum(1)
-    n_neg = pos.shape[1] - n_pos
-    u = (ranks * pos).sum(1) - n_pos * (n_pos + 1) / 2
+    n_pos = positives.sum(1).to(ranks.dtype)
+    n_neg = positives.shape[1] - n_pos
+    u = ranks.where(positives, 0.0).sum(1) - n_pos * (n_pos + 1) / 2
     defined = (n_pos > 0) & (n_neg > 0)
     return torch.where(defined, u / (n_pos * n_neg).clamp_min(1), torch.full_like(u, 0.5))
 
 
-def auc(s, ref, top: float = 0.2) -> torch.Tensor:
+def auc(s, ref, top: float = 0.2, device: str | torch.device = "auto") -> torch.Tensor:
     """ROC AUC of map ``s``'s pixels as scores for the reference's positive pixels.
 
     ``ref`` boolean: its True pixels are the positives (e.g. an object mask); ``ref`` real: the
     positives are its top ``top`` share of pixels (``binarise_top``). AUC = P(s_pos > s_neg)
     + P(tie) / 2, as ``sklearn.metrics.roc_auc_score(positives.ravel(), s.ravel())``; 0.5 when
     the reference has no positives or no negatives. Below 0.5: ``s`` is lower on the reference's
-    positives than elsewhere.
+    positives than elsewhere. Computed on ``device``; the result is on ``s``'s device.
     """
-    s_maps = _as_maps(s, "s")
-    ref_t = torch.as_tensor(ref)
-    single = torch.as_tensor(s).ndim == 2 and ref_t.ndim == 2
-    positives = _positives(ref_t, top, "ref")
+    s_t, ref_t, dev = torch.as_tensor(s), torch.as_tensor(ref), get_device(device)
+    s_maps = _as_maps(s_t, "s", dev)
+    single = s_t.ndim == 2 and ref_t.ndim == 2
+    positives = _positives(ref_t, top, "ref", dev)
     if positives.shape[1] != s_maps.shape[1] * s_maps.shape[2]:
         raise ValueError(f"s {tuple(s_maps.shape)} and ref {tuple(ref_t.shape)} differ in map size")
-    ranks = _ranks(s_maps.flatten(1))
-    ranks, positives = torch.broadcast_tensors(ranks, positives.to(ranks.device))
-    return _out(_auc_rows(ranks, positives), single)
+    ranks, positives = torch.broadcast_tensors(average_ranks(s_maps.flatten(1)), positives)
+    return _out(_auc_rows(ranks, positives), single).to(s_t.device)
 
 
-def pair_auc(maps, i, j, positives, chunk: int = 2048) -> np.ndarray:
+def pair_auc(maps, i, j, positives, chunk: int = 2048, device: str | torch.device = "auto") -> np.ndarray:
     """AUC of maps[i[p]] scored against the boolean ``positives[j[p]]``, for every pair p.
 
     ``positives`` (N, H, W) bool: any binarisation of the reference maps (``binarise_top``, a
-    fixed threshold, an object mask). Ranks are computed once per map; pairs in vectorised chunks.
+    fixed threshold, an object mask). Ranks are computed once per map; pairs in vectorised chunks,
+    all on ``device``.
     """
-    maps = _as_maps(maps, "maps")
+    dev = get_device(device)
+    maps = _as_maps(maps, "maps", dev)
     positives = torch.as_tensor(positives)
     if positives.dtype != torch.bool or positives.shape != maps.shape:
         raise ValueError(f"positives must be a boolean stack of shape {tuple(maps.shape)}, "
                          f"got {positives.dtype} {tuple(positives.shape)}")
-    i, j = _pair_indices(i, j, len(maps), chunk)
-    ranks, flat_pos = _ranks(maps.flatten(1)), positives.flatten(1).to(maps.device)
+    i, j = (index.to(dev) for index in _pair_indices(i, j, len(maps), chunk))
+    ranks, flat_pos = average_ranks(maps.flatten(1)), positives.flatten(1).to(dev)
     parts = [_auc_rows(ranks[i[s:s + chunk]], flat_pos[j[s:s + chunk]]) for s in range(0, len(i), chunk)]
     return (torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)).cpu().numpy()
 
@@ -242,29 +265,31 @@ def _pair_indices(i, j, n: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]
     return i, j
 
 
-def pair_metrics(maps, i, j, top: float = 0.2, chunk: int = 2048) -> pd.DataFrame:
+def pair_metrics(maps, i, j, top: float = 0.2, chunk: int = 2048, device: str | torch.device = "auto") -> pd.DataFrame:
     """CC, SIM, KLD and AUC of the map pairs (maps[i[p]], maps[j[p]]), one row per pair.
 
     ``maps``: (N, H, W) non-negative maps; ``i``, ``j``: pair indices (e.g. all same-class pairs
     from ``similarity.unordered_pairs``). Per-map quantities (standardised maps, distributions,
     pixel ranks, top-``top`` positives) are computed once; pairs are scored in vectorised chunks
-    of ``chunk`` pairs, no loop over pairs. Columns: i, j, cc, sim, kld_ij (KL(map_j || map_i):
-    i scored, j reference), kld_ji, kld_mean, auc_ij (i scored against j's positives), auc_ji,
-    auc_mean.
+    of ``chunk`` pairs, no loop over pairs, all on ``device`` (float64). Columns: i, j, cc, sim,
+    kld_ij (KL(map_j || map_i): i scored, j reference), kld_ji, kld_mean, auc_ij (i scored against
+    j's positives), auc_ji, auc_mean.
     """
-    maps = _as_maps(maps, "maps")
+    dev = get_device(device)
+    maps = _as_maps(maps, "maps", dev)
     _check_non_negative(maps, "maps")
     i, j = _pair_indices(i, j, len(maps), chunk)
     flat = maps.flatten(1)
     z, dist = _standardise(flat), _distribution(flat)
-    ranks, positives = _ranks(flat), binarise_top(maps, top).flatten(1)
+    ranks, positives = average_ranks(flat), binarise_top(maps, top).flatten(1)
     cols = {name: [] for name in ("cc", "sim", "kld_ij", "kld_ji", "auc_ij", "auc_ji")}
     for start in range(0, len(i), chunk):
-        a, b = i[start:start + chunk], j[start:start + chunk]
+        a, b = i[start:start + chunk].to(dev), j[start:start + chunk].to(dev)
+        dist_a, dist_b = dist[a], dist[b]  # gathered once for SIM and both KLDs
         cols["cc"].append((z[a] * z[b]).sum(1).clamp(-1.0, 1.0))
-        cols["sim"].append(torch.minimum(dist[a], dist[b]).sum(1))
-        cols["kld_ij"].append(_kld_rows(dist[a], dist[b]))
-        cols["kld_ji"].append(_kld_rows(dist[b], dist[a]))
+        cols["sim"].append(torch.minimum(dist_a, dist_b).sum(1))
+        cols["kld_ij"].append(_kld_rows(dist_a, dist_b))
+        cols["kld_ji"].append(_kld_rows(dist_b, dist_a))
         cols["auc_ij"].append(_auc_rows(ranks[a], positives[b]))
         cols["auc_ji"].append(_auc_rows(ranks[b], positives[a]))
     out = {name: (torch.cat(v) if v else torch.zeros(0, dtype=torch.float64)).cpu().numpy()

@@ -40,11 +40,12 @@ import torch.nn.functional as F
 from scipy import stats as _scipy_stats
 from torch import nn
 
+from .devices import get_device
 from .localisation import centre_prior, normalise_maps, paired_box_iou, threshold_boxes
 
 __all__ = ["METRICS", "ORDERS", "METHODS", "METHOD_LABELS", "SEED004_LOCALISATION", "pool", "support_vector", "cis",
            "minmax_weights", "channel_weights", "combine", "upsample", "pair_maps",
-           "box_ious", "randomisation_stages", "randomise", "rank_correlation", "ssim", "sanity_cascade"]
+           "box_ious", "pair_box_ious", "randomisation_stages", "randomise", "rank_correlation", "ssim", "sanity_cascade"]
 
 METRICS = ("euclidean", "cosine")
 #: Orders of the cascading randomisation: Adebayo et al. 2018's, and seed 004's (Fig. 5).
@@ -196,17 +197,8 @@ def upsample(maps: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     return out.reshape(*lead, *size)
 
 
-def pair_maps(features: torch.Tensor, query_idx, support_idx, metric: str,
-              methods=METHODS, image_size: int | None = None, seed: int = 0,
-              support_maps: bool = False) -> dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
-    """Maps of P query-support pairs from features computed once per image.
-
-    features: (M, N, h, w), one backbone pass over the M distinct images; query_idx (P,) and
-    support_idx (P, K) index into it. Returns ``{method: query maps (P, H, W)}`` (upsampled to
-    ``image_size`` when given), or ``{method: (query maps, support maps (P, K, H, W))}`` with
-    ``support_maps=True``. Grad-CAM maps get Grad-CAM's ReLU; the other weighted maps are
-    non-negative on post-ReLU features already and are left as they are.
-    """
+def _checked_pairs(features, query_idx, support_idx, metric: str, methods) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Features (M, N, h, w), query_idx (P,) and support_idx (P, K), checked, as ``pair_maps`` takes them."""
     _check_metric(metric)
     features = _check_maps(features, "features")
     query_idx = torch.as_tensor(query_idx, dtype=torch.long)
@@ -219,24 +211,37 @@ def pair_maps(features: torch.Tensor, query_idx, support_idx, metric: str,
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
-    embeddings = pool(features)
+    return features, query_idx, support_idx
+
+
+def _random_fields(support_shape: tuple[int, int], hw: tuple[int, int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``random`` method's fields at feature resolution: all P query fields, then all P x K support
+    fields, from one generator seeded with ``seed`` (on the CPU)."""
+    generator = torch.Generator().manual_seed(seed)
+    p, k = support_shape
+    return torch.rand(p, *hw, generator=generator), torch.rand(p, k, *hw, generator=generator)
+
+
+def _method_maps(features: torch.Tensor, embeddings: torch.Tensor, query_idx: torch.Tensor,
+                 support_idx: torch.Tensor, metric: str, methods, image_size: int | None,
+                 random_q: torch.Tensor | None, random_s: torch.Tensor | None, support_maps: bool) -> dict:
+    """``pair_maps`` of the given pairs, with the ``random`` fields given (rows of ``_random_fields``);
+    without ``support_maps`` the support maps are not built."""
     a_q, a_s = features[query_idx], features[support_idx]
     v_q, v_s_each = embeddings[query_idx], embeddings[support_idx]
     v_s = support_vector(a_s)                                         # Eq. 1
     (p, k), hw = support_idx.shape, features.shape[-2:]
-    generator = torch.Generator().manual_seed(seed)
     out = {}
     for method in methods:
         if method == "random":
-            q_map = torch.rand(p, *hw, generator=generator)
-            s_map = torch.rand(p, k, *hw, generator=generator)
+            q_map, s_map = random_q, random_s
         elif method == "centre":
             q_map = centre_prior(hw).expand(p, *hw)
             s_map = centre_prior(hw).expand(p, k, *hw)
         else:
             w_q, w_s = channel_weights(method, v_q, v_s, v_s_each, metric)
             relu = method == "gradcam"
-            q_map, s_map = combine(w_q, a_q, relu), combine(w_s, a_s, relu)
+            q_map, s_map = combine(w_q, a_q, relu), combine(w_s, a_s, relu) if support_maps else None
         if image_size is not None and method == "centre":
             q_map = centre_prior(image_size).expand(p, image_size, image_size)
             s_map = centre_prior(image_size).expand(p, k, image_size, image_size)
@@ -244,6 +249,61 @@ def pair_maps(features: torch.Tensor, query_idx, support_idx, metric: str,
             q_map, s_map = upsample(q_map, image_size), upsample(s_map, image_size) if support_maps else s_map
         out[method] = (q_map, s_map) if support_maps else q_map
     return out
+
+
+def pair_maps(features: torch.Tensor, query_idx, support_idx, metric: str,
+              methods=METHODS, image_size: int | None = None, seed: int = 0,
+              support_maps: bool = False) -> dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+    """Maps of P query-support pairs from features computed once per image.
+
+    features: (M, N, h, w), one backbone pass over the M distinct images; query_idx (P,) and
+    support_idx (P, K) index into it. Returns ``{method: query maps (P, H, W)}`` (upsampled to
+    ``image_size`` when given), or ``{method: (query maps, support maps (P, K, H, W))}`` with
+    ``support_maps=True``. Grad-CAM maps get Grad-CAM's ReLU; the other weighted maps are
+    non-negative on post-ReLU features already and are left as they are. All P pairs at once:
+    ``pair_box_ious`` streams them instead.
+    """
+    features, query_idx, support_idx = _checked_pairs(features, query_idx, support_idx, metric, methods)
+    random_q, random_s = (_random_fields(support_idx.shape, features.shape[-2:], seed) if "random" in methods
+                          else (None, None))
+    return _method_maps(features, pool(features), query_idx, support_idx, metric, methods, image_size,
+                        random_q, random_s, support_maps)
+
+
+def pair_box_ious(features: torch.Tensor, query_idx, support_idx, boxes, metric: str, methods=METHODS,
+                  image_size: int | None = None, threshold: float = 0.2, seed: int = 0, batch_size: int = 256,
+                  device: str | torch.device = "auto") -> dict[str, np.ndarray]:
+    """``box_ious(pair_maps(features, query_idx, support_idx, metric, methods, image_size, seed), boxes,
+    threshold)``, streamed: {method: IoU (P,)} of each query map's box with ``boxes`` (P, 4), the
+    queries' ground-truth boxes on the maps' grid.
+
+    The features go to ``device`` once; the query maps of ``batch_size`` pairs at a time are built
+    and upsampled there, boxed (``box_ious``) and dropped, so memory holds one batch of maps, never
+    all P. The ``random`` fields are drawn for all pairs first, as ``pair_maps`` draws them, so the
+    IoUs on the CPU are those of ``box_ious(pair_maps(...))``. The regions are labelled on the CPU
+    (``scipy.ndimage``; torch has no connected components): each batch's distinct maps travel there.
+    """
+    features, query_idx, support_idx = _checked_pairs(features, query_idx, support_idx, metric, methods)
+    boxes = torch.as_tensor(boxes).cpu()
+    if tuple(boxes.shape) != (len(query_idx), 4):
+        raise ValueError(f"boxes must be ({len(query_idx)}, 4), one box per pair, got shape {tuple(boxes.shape)}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+    dev = get_device(device)
+    random_q = _random_fields(support_idx.shape, features.shape[-2:], seed)[0] if "random" in methods else None
+    features = features.to(dev)
+    embeddings = pool(features)
+    ious = {method: [] for method in methods}
+    for start in range(0, len(query_idx), batch_size):
+        batch = slice(start, start + batch_size)
+        maps = _method_maps(features, embeddings, query_idx[batch].to(dev), support_idx[batch].to(dev), metric,
+                            methods, image_size, None if random_q is None else random_q[batch].to(dev), None,
+                            support_maps=False)
+        for method, values in box_ious(maps, boxes[batch], threshold).items():
+            ious[method].append(values)
+    return {method: np.concatenate(values) if values else np.zeros(0) for method, values in ious.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,13 +407,14 @@ def box_ious(maps: dict[str, torch.Tensor], boxes: torch.Tensor, threshold: floa
     """Seed 004 section 4.3 for every method: box of the largest region of ``normalise(map) >=
     threshold``, IoU with the ground-truth box (x0, y0, x1, y1) of the same image: {method: (P,)}.
 
-    Identical maps (a map that ignores the support, repeated queries, the centre prior) are boxed once.
+    Identical maps (a map that ignores the support, repeated queries, the centre prior) are boxed once;
+    maps on a GPU are deduplicated there and the distinct ones labelled on the CPU.
     """
     out = {}
     for method, m in maps.items():
-        unique, inverse = torch.unique(m.reshape(len(m), -1), dim=0, return_inverse=True)
-        found = threshold_boxes(unique.reshape(-1, *m.shape[1:]), threshold)[inverse]
-        out[method] = paired_box_iou(found, boxes).numpy()
+        unique, inverse = torch.unique(m.reshape(len(m), -1), dim=0, return_inverse=True)  # on the maps' device
+        found = threshold_boxes(unique.reshape(-1, *m.shape[1:]).cpu(), threshold)[inverse.cpu()]
+        out[method] = paired_box_iou(found, torch.as_tensor(boxes).cpu()).numpy()
     return out
 
 

@@ -157,6 +157,72 @@ def test_pair_metrics_equal_the_single_pair_functions():
     assert len(table) == 3 + 6 and np.isfinite(table.drop(columns=["i", "j"]).to_numpy()).all()
 
 
+
+# --- on the device: ranks in torch ------------------------------------------------------
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
+
+
+def quantised_maps(n, side, seed):
+    """Grad-CAM-like maps with many ties: ReLU'd noise rounded to tenths (zeros and repeats)."""
+    rng = np.random.default_rng(seed)
+    maps = np.maximum(rng.normal(size=(n, side, side)), 0).round(1)
+    maps[1] = 0.0  # an all-zero map: one tie group
+    maps[2] = 0.3  # a constant map
+    return maps
+
+
+def test_average_ranks_equal_scipy_rankdata_with_ties():
+    maps = quantised_maps(12, 16, seed=4).reshape(12, -1)
+    maps[3, :5] = -0.0  # -0.0 ties with 0.0, as in scipy
+    ours = saliency.average_ranks(torch.from_numpy(maps))
+    assert ours.dtype == torch.float64
+    assert np.array_equal(ours.numpy(), stats.rankdata(maps, method="average", axis=1))
+    no_ties = torch.randn(3, 257, generator=torch.Generator().manual_seed(0))
+    assert np.array_equal(saliency.average_ranks(no_ties).numpy(), stats.rankdata(no_ties.numpy(), axis=1))
+    with pytest.raises(ValueError, match="x must be"):
+        saliency.average_ranks(torch.zeros(2, 3, 4))
+
+
+def test_pair_metrics_on_cpu_equal_scipy_and_sklearn_oracles():
+    maps = quantised_maps(6, 12, seed=5)
+    i, j = torch.tensor([0, 0, 1, 3, 4, 5, 2]), torch.tensor([3, 4, 5, 5, 0, 2, 0])
+    table = saliency.pair_metrics(maps, i, j, top=0.2, chunk=3, device="cpu")
+    flat = maps.reshape(len(maps), -1)
+    k = int(np.ceil(0.2 * flat.shape[1]))
+    positives = flat >= np.sort(flat, axis=1)[:, -k:-k + 1]       # top 20 %, ties at the cut included
+    dist = np.where(flat.sum(1, keepdims=True) > 0, flat / np.maximum(flat.sum(1, keepdims=True), 1e-300),
+                    1 / flat.shape[1])
+    for row, (a, b) in enumerate(zip(i.tolist(), j.tolist())):
+        constant = flat[a].min() == flat[a].max() or flat[b].min() == flat[b].max()
+        cc = 0.0 if constant else stats.pearsonr(flat[a], flat[b])[0]
+        assert abs(table.cc[row] - cc) < 1e-12
+        assert abs(table.sim[row] - np.minimum(dist[a], dist[b]).sum()) < 1e-12
+        kld = (dist[b] * np.log(EPS + dist[b] / (dist[a] + EPS))).sum()
+        assert abs(table.kld_ij[row] - kld) < 1e-12
+        for column, scored, reference in (("auc_ij", a, b), ("auc_ji", b, a)):
+            oracle = roc_auc_score(positives[reference], flat[scored]) if 0 < positives[reference].sum() < flat.shape[1] \
+                else 0.5
+            assert abs(table[column][row] - oracle) < 1e-12
+    pair = saliency.pair_auc(maps, i, j, torch.from_numpy(positives.reshape(maps.shape)), device="cpu")
+    np.testing.assert_allclose(pair, table.auc_ij, rtol=0, atol=1e-12)
+    assert saliency.auc(torch.from_numpy(maps), torch.from_numpy(maps), device="cpu").device.type == "cpu"
+
+
+@CUDA
+def test_pair_metrics_on_cuda_equal_the_cpu_path():
+    maps = quantised_maps(8, 32, seed=6)
+    flat = torch.from_numpy(maps.reshape(8, -1))
+    assert torch.equal(saliency.average_ranks(flat.cuda()).cpu(), saliency.average_ranks(flat))
+    i, j = torch.triu_indices(8, 8, 1)
+    gpu, cpu = (saliency.pair_metrics(maps, i, j, chunk=5, device=d) for d in ("cuda", "cpu"))
+    np.testing.assert_allclose(gpu.drop(columns=["i", "j"]), cpu.drop(columns=["i", "j"]), rtol=0, atol=1e-12)
+    mask = torch.from_numpy(maps > 0.5)
+    np.testing.assert_allclose(saliency.pair_auc(maps, i, j, mask, device="cuda"),
+                               saliency.pair_auc(maps, i, j, mask, device="cpu"), rtol=0, atol=1e-12)
+    on_gpu = saliency.auc(torch.from_numpy(maps), mask, device="cuda")
+    assert on_gpu.device.type == "cpu" and torch.allclose(on_gpu, saliency.auc(maps, mask, device="cpu"), atol=1e-12)
+
 def test_pair_mean_ci_is_the_class_mean_with_an_interval():
     labels = torch.tensor([0, 0, 0, 1, 1])
     i, j, same = similarity.unordered_pairs(labels)

@@ -210,6 +210,44 @@ def test_box_ious_deduplicates_without_changing_results():
     assert np.allclose(ours, direct)
 
 
+
+def _localisation_case():
+    gen = torch.Generator().manual_seed(7)
+    features = torch.rand(10, 6, 4, 4, generator=gen) ** 3          # peaked, post-ReLU-like features
+    query = torch.tensor([0, 2, 4, 6, 8, 1, 3, 0, 2])               # repeated queries: repeated maps
+    support = torch.randint(0, 10, (9, 2), generator=gen)
+    corner = torch.randint(0, 10, (9, 2), generator=gen).double()
+    boxes = torch.cat([corner, corner + torch.randint(3, 8, (9, 2), generator=gen)], 1)
+    return features, query, support, boxes
+
+
+@pytest.mark.parametrize("metric", sfam.METRICS)
+def test_streamed_box_ious_equal_all_maps_at_once(metric):
+    features, query, support, boxes = _localisation_case()
+    at_once = sfam.box_ious(sfam.pair_maps(features, query, support, metric, image_size=16, seed=3), boxes, 0.2)
+    assert set(at_once) == set(sfam.METHODS)
+    for batch_size in (1, 4, 9, 100):
+        streamed = sfam.pair_box_ious(features, query, support, boxes, metric, image_size=16, threshold=0.2,
+                                      seed=3, batch_size=batch_size, device="cpu")
+        for method in sfam.METHODS:
+            assert np.array_equal(streamed[method], at_once[method]), (method, batch_size)
+    assert len({tuple(v) for v in at_once.values()}) > 2             # the methods' boxes differ: a real check
+    other_seed = sfam.pair_box_ious(features, query, support, boxes, metric, ("random",), 16, seed=4, device="cpu")
+    assert not np.array_equal(other_seed["random"], at_once["random"])
+    with pytest.raises(ValueError, match="boxes must be"):
+        sfam.pair_box_ious(features, query, support, boxes[:3], metric, device="cpu")
+    with pytest.raises(ValueError, match="batch_size"):
+        sfam.pair_box_ious(features, query, support, boxes, metric, batch_size=0, device="cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
+def test_streamed_box_ious_on_cuda_match_the_cpu():
+    features, query, support, boxes = _localisation_case()
+    cpu = sfam.pair_box_ious(features, query, support, boxes, "cosine", image_size=16, batch_size=4, device="cpu")
+    gpu = sfam.pair_box_ious(features, query, support, boxes, "cosine", image_size=16, batch_size=4, device="cuda")
+    for method in sfam.METHODS:  # float32 maps may differ in the last bit on a GPU: IoUs agree to round-off
+        np.testing.assert_allclose(gpu[method], cpu[method], atol=1e-6)
+
 def test_seed004_tables_quoted():
     assert set(sfam.SEED004_LOCALISATION) == set(sfam.METRICS)
     for table in sfam.SEED004_LOCALISATION.values():
