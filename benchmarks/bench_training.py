@@ -24,7 +24,7 @@ from gradsim_utils import provenance
 from _settings import TINY, results_path
 
 RESULTS = results_path("training")
-ROUNDS, STEPS = (2, 2) if TINY else (3, 8)
+ROUNDS, STEPS = (1, 2) if TINY else (3, 8)  # tiny: one round (every code path; 8 -> 4 child processes)
 # family -> (model name, base width, image size, batch): the quick shapes
 FAMILIES = ({"tiny-resnet18": ("tiny-resnet18", 16, 16, 16), "metric (tiny-resnet18 trunk)": ("tiny-resnet18", 8, 32, 16)}
             if TINY else
