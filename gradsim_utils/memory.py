@@ -169,7 +169,8 @@ class Step:
 
 
 def paper_steps(profile, batch_sizes: dict[str, int], stored_side: int | None = None) -> list[Step]:
-    """The heavy steps of chapters 2-8 at ``profile``'s sizes (a ``profiles.Profile``, the paper one).
+    """The heavy steps of chapters 2-8 at ``profile``'s sizes (a ``profiles.Profile``, the paper one;
+    chapter 7 compares its default pair, ResNet-18 and ResNet-50).
 
     ``batch_sizes``: each chapter's default ``batch_size`` by chapter number ("02", ...), e.g. read
     from the chapters' parameters cells (``book.chapter_parameters``). ``stored_side``: the side
@@ -197,6 +198,8 @@ def paper_steps(profile, batch_sizes: dict[str, int], stored_side: int | None = 
         ]
     steps.append(Step("06", "class statistics, one class of the ImageNet validation set at a time", "resnet34",
                       "forward", "layer4", batch_sizes["06"], side, 50, 256))
+    steps += [Step("07", "layer outputs of the compared pair", name, "forward", "layer4", batch_sizes["07"], side, n,
+                   stored, True) for name in ("resnet18", "resnet50")]
     for _, name in sfam["backbones"]:
         steps += [Step("08", training_what, name, "train", None, micro,
                        sfam["image_size"], CUB_IMAGES // 2, sfam["image_size"]),

@@ -56,8 +56,9 @@ def test_bad_arguments_name_the_parameter():
 
 def test_paper_steps_use_the_chapters_batches_and_chapter_8s_micro_batch():
     paper = profiles.get_profile("paper")
-    steps = memory.paper_steps(paper, {"02": 32, "03": 64, "04": 64, "05": 64, "06": 64})
-    assert {s.chapter for s in steps} == {"02", "03", "04", "05", "06", "08"}
+    steps = memory.paper_steps(paper, {"02": 32, "03": 64, "04": 64, "05": 64, "06": 64, "07": 128})
+    assert {s.chapter for s in steps} == {"02", "03", "04", "05", "06", "07", "08"}
+    assert {s.batch_size for s in steps if s.chapter == "07"} == {128}
     assert {s.batch_size for s in steps if s.chapter == "03"} == {64}
     training = [s for s in steps if s.mode == "train"]
     sfam = paper.extra["sfam"]
