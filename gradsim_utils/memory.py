@@ -23,6 +23,7 @@ come on top.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import pandas as pd
@@ -75,19 +76,16 @@ def _measure(model: nn.Module, x: torch.Tensor, mode: str, layer: str | None) ->
             largest[0] = max(largest[0], output.numel() * output.element_size())
 
     handles = [m.register_forward_hook(record) for m in model.modules() if not list(m.children())]
-    tap = extract.LayerTap(model, layer, start_graph=(mode == "layer")) if layer else None
+    tap = extract.LayerTap(model, layer, start_graph=(mode == "layer")) if layer else contextlib.nullcontext()
     try:
-        if tap:
-            tap.__enter__()
-        grad = mode != "forward"
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.set_grad_enabled(grad):
+        with tap, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                torch.set_grad_enabled(mode != "forward"):
             if mode == "input":
                 x = x.clone().requires_grad_(True)
             model(x)
-        output = 0 if tap is None or tap.features is None else tap.features[0].numel() * tap.features.element_size()
+            features = getattr(tap, "features", None)
+            output = 0 if features is None else features[0].numel() * features.element_size()
     finally:
-        if tap:
-            tap.__exit__(None, None, None)
         for h in handles:
             h.remove()
     return sum(saved.values()), largest[0], output
@@ -208,14 +206,12 @@ def paper_steps(profile, batch_sizes: dict[str, int], stored_side: int | None = 
     return steps
 
 
-def estimate(steps: list[Step], measure_at: tuple[int, int] | None = (64, 96),
-             passes: dict | None = None) -> pd.DataFrame:
+def estimate(steps: list[Step], measure_at: tuple[int, int] | None = (64, 96)) -> pd.DataFrame:
     """One row per step: GPU GiB (``gpu_bytes``) and host GiB (images, kept outputs and maps).
 
     Models are torchvision architectures with random weights (memory does not depend on the weights);
-    ``passes`` (a dict) memoises ``pass_memory`` by (model, mode, layer, size) across calls."""
-    passes = {} if passes is None else passes
-    nets = {}
+    each (model, mode, layer, size) is measured once."""
+    passes, nets = {}, {}
     rows = []
     for step in steps:
         key = (step.model, step.mode, step.layer or "layer4", step.image_size)
