@@ -774,13 +774,9 @@ def _read_square(path: Path, size: int, resize_size: int | None = None) -> tuple
 
 def _square_geometry(width: int, height: int, size: int, resize_size: int | None = None) -> tuple[int, int, int, int]:
     """The resized (width, height) of a ``width`` x ``height`` image and the (left, top) corner of its
-    centre crop of size x size. ``resize_size`` None: the shorter side becomes ``size`` (sides rounded,
-    corner floored); else it becomes ``resize_size`` as in torchvision's Resize(resize_size) +
-    CenterCrop(size) (longer side truncated, corner rounded)."""
-    if resize_size is None:
-        scale = size / min(width, height)
-        new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-        return new_w, new_h, (new_w - size) // 2, (new_h - size) // 2
+    centre crop of size x size, as torchvision's Resize(resize_size) + CenterCrop(size): the shorter
+    side becomes ``resize_size`` (None: ``size``), the longer side is truncated, the corner rounded."""
+    resize_size = size if resize_size is None else resize_size
     short, long = sorted((width, height))
     new_short, new_long = resize_size, int(resize_size * long / short)
     new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
@@ -790,15 +786,14 @@ def _square_geometry(width: int, height: int, size: int, resize_size: int | None
 def square_image(image: Image.Image, size: int, resize_size: int | None = None) -> np.ndarray:
     """``image`` resized and centre-cropped to size x size (H x W x 3 uint8), keeping its aspect ratio.
 
-    ``resize_size`` None: shorter side to ``size``, bicubic. Given: torchvision weights' own
-    preprocessing, ``weights.transforms()`` without the normalisation: shorter side to ``resize_size``,
-    bilinear (PIL's, antialiased), centre crop ``size`` (e.g. 256 and 224 for the ImageNet ResNets).
+    torchvision weights' own preprocessing, ``weights.transforms()`` without the normalisation:
+    shorter side to ``resize_size`` (None: ``size``), bilinear (PIL's, antialiased), centre crop
+    ``size`` (e.g. 256 and 224 for the ImageNet ResNets).
     """
     size = checks.integers(1, size=size)
     resize_size = checks.integers(size, resize_size=resize_size, optional=True)
     width, height, left, top = _square_geometry(image.width, image.height, size, resize_size)
-    resample = Image.Resampling.BICUBIC if resize_size is None else Image.Resampling.BILINEAR
-    image = image.resize((width, height), resample)
+    image = image.resize((width, height), Image.Resampling.BILINEAR)
     return np.asarray(image.crop((left, top, left + size, top + size)))
 
 
@@ -875,9 +870,8 @@ def load_image_folder(root, image_size: int = 224, class_names: Sequence[str] | 
 
     Classes are the sub-folders in sorted order, or ``class_names`` in that order. Files with an
     extension in IMAGE_EXTENSIONS are read (hidden files are ignored), in natural order; each is
-    resized so its shorter side is ``image_size`` (bicubic) and centre-cropped to a square, or, with
-    ``resize_size``, as torchvision weights' transforms() would: shorter side to ``resize_size``
-    (bilinear, antialiased), centre crop ``image_size`` (:func:`square_image`).
+    made as torchvision weights' transforms() would: shorter side to ``resize_size`` (None:
+    ``image_size``; bilinear, antialiased), centre crop ``image_size`` (:func:`square_image`).
     Unreadable files: ``on_error="raise"`` raises CorruptImageError listing every one;
     ``"skip"`` leaves them out, lists them in ``skipped`` and warns with the count and names.
     Every class needs ``min_per_class`` readable images (2: one pair), else ValueError naming it.

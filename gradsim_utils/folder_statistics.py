@@ -26,7 +26,8 @@ __all__ = ["FolderStats", "image_folder_stats"]
 
 @dataclass
 class FolderStats:
-    """Streamed statistics of an image folder: class names, ImageNet indices, ClassStats, thumbnails."""
+    """Streamed statistics of an image folder: class names, ImageNet indices, ClassStats, thumbnails;
+    ``model`` and ``weights``: the model's name and weights (``ModelInfo``) that made them."""
 
     class_names: list[str]
     imagenet_indices: list[int]
@@ -35,12 +36,23 @@ class FolderStats:
     thumbnails: torch.Tensor
     n_images: int
     accuracy: float
+    model: str | None = None
+    weights: str | None = None
+
+    def check_model(self, name: str, weights: str | None, source: str) -> None:
+        """ValueError naming ``source`` (e.g. the parameter that gave the file) unless these statistics
+        were made with the model ``name`` and ``weights``."""
+        if (self.model, self.weights) != (name, weights):
+            raise ValueError(f"{source} holds statistics of {self.model} ({self.weights or 'random weights'}), "
+                             f"not of {name} ({weights or 'random weights'}): make them with that model, "
+                             "or choose the model they were made with")
 
     def save(self, path) -> Path:
         """Write these statistics to ``path`` (atomically, ``torch.save``); read back with :meth:`load`."""
         state = {"class_names": self.class_names, "imagenet_indices": self.imagenet_indices,
                  "gap": {w: s.state() for w, s in self.gap.items()}, "hidden": self.hidden.state(),
-                 "thumbnails": self.thumbnails, "n_images": self.n_images, "accuracy": self.accuracy}
+                 "thumbnails": self.thumbnails, "n_images": self.n_images, "accuracy": self.accuracy,
+                 "model": self.model, "weights": self.weights}
         return atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
 
     @classmethod
@@ -53,7 +65,8 @@ class FolderStats:
         return cls(class_names=state["class_names"], imagenet_indices=state["imagenet_indices"],
                    gap={w: ClassStats.from_state(s) for w, s in state["gap"].items()},
                    hidden=ClassStats.from_state(state["hidden"]), thumbnails=state["thumbnails"],
-                   n_images=state["n_images"], accuracy=state["accuracy"])
+                   n_images=state["n_images"], accuracy=state["accuracy"], model=state.get("model"),
+                   weights=state.get("weights"))
 
 
 def image_folder_stats(root, model: nn.Module, class_names: Sequence[str] | None = None,
@@ -122,4 +135,5 @@ def image_folder_stats(root, model: nn.Module, class_names: Sequence[str] | None
     thumbs = {k: v for part in distributed.all_gather_object(thumbs) for k, v in part.items()}
     return FolderStats(class_names=class_names, imagenet_indices=indices, gap=gap_stats, hidden=hidden_stats,
                        thumbnails=torch.cat([thumbs[k] for k in range(len(class_names))]),
-                       n_images=n_images, accuracy=correct / n_images)
+                       n_images=n_images, accuracy=correct / n_images, model=model.gradsim_info.name,
+                       weights=model.gradsim_info.weights)

@@ -621,21 +621,24 @@ def your_models(model_names=None, weights="default", checkpoint=None, class_name
 def your_runs(profile: str | Profile, choice: YourModels, device: str | torch.device = "auto", seed: int = 0,
               progress: bool = True) -> Iterator[RegimeRun]:
     """The models of ``choice`` one at a time, each with its images at the model's input size: the
-    reader's ``image_folder`` (unreadable files skipped with a warning naming them) or the
+    reader's ``image_folder`` through the model's own preprocessing (shorter side to its
+    ``resize_size``, centre crop; unreadable files skipped with a warning naming them) or the
     profile's analysis images; ``model_names`` empty: the profile's models (their first training run)."""
     prof = _as_profile(profile)
-    datasets: dict[int, data.Benchmark | data.ImageFolder] = {}
+    datasets: dict[tuple, data.Benchmark | data.ImageFolder] = {}
     for name in choice.model_names or prof.models:
         model = load_model(name, prof, weights=choice.weights, checkpoint=choice.checkpoint,
                            class_names=choice.class_names, device=device, seed=seed, progress=progress)
-        size = model.gradsim_info.input_size
-        if size not in datasets:
-            datasets[size] = (data.load_image_folder(choice.image_folder, image_size=size, on_error="skip",
-                                                     annotations=choice.annotations)
-                              if choice.image_folder is not None else
-                              data.load_profile_data(replace(prof, image_size=size), split="analysis", seed=seed,
-                                                     device=device))
-        yield RegimeRun(name, model, datasets[size])
+        size, resize = model.gradsim_info.input_size, model.gradsim_info.resize_size
+        if choice.image_folder is None:
+            resize = None  # the profile's images come at the model's input size
+        if (size, resize) not in datasets:
+            datasets[size, resize] = (
+                data.load_image_folder(choice.image_folder, image_size=size, on_error="skip",
+                                       annotations=choice.annotations, resize_size=resize)
+                if choice.image_folder is not None else
+                data.load_profile_data(replace(prof, image_size=size), split="analysis", seed=seed, device=device))
+        yield RegimeRun(name, model, datasets[size, resize])
 
 
 def output_targets(model: nn.Module, class_names: Sequence[str], labels) -> torch.Tensor | None:

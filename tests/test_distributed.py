@@ -239,6 +239,12 @@ def test_scale_out_folder_stats_writes_what_folder_stats_load_reads(two_ranks, t
     assert torch.equal(back.thumbnails, one.thumbnails)
     np.testing.assert_array_equal(back.gap["conv"].welch_t(), one.gap["conv"].welch_t())
     np.testing.assert_array_equal(back.hidden.means(), one.hidden.means())
+    assert (back.model, back.weights) == ("resnet18", None)
+    back.check_model("resnet18", None, "paper_stats_file")
+    with pytest.raises(ValueError, match=r"paper_stats_file holds statistics of resnet18 \(random weights\), not of resnet34"):
+        back.check_model("resnet34", None, "paper_stats_file")
+    with pytest.raises(ValueError, match="not of resnet18 \\(IMAGENET1K_V1\\)"):
+        back.check_model("resnet18", "IMAGENET1K_V1", "paper_stats_file")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         fs.FolderStats.load(tmp_path / "missing.pt")
 
