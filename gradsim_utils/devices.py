@@ -8,17 +8,32 @@ no error (uxlfoundation/oneDNN issue 6035). The rule every module follows throug
 gradients, gradient weights before the last stage) runs in the contiguous format; channels-last,
 measured faster for inference (DESIGN.md section 12), only where the backward never enters a
 convolution. On CUDA every pass is contiguous.
+
+Precision (issue 18): cuDNN convolutions use TF32 by default on Ampere and later GPUs (torch's
+``torch.backends.cudnn.conv.fp32_precision`` is ``"tf32"``), a 10-bit mantissa, so gradients would
+differ from float32 by about 1e-3 relative, beyond the tolerances of the identity and gradient
+checks (chapter 2's GW = labels, finite differences). :func:`get_device` therefore sets
+``torch.backends.fp32_precision = "ieee"`` for the process. Faster arithmetic is opt-in per step
+through :func:`autocast` (bfloat16), used where no verdict rests on the last digits: chapter 8's
+episodic training in the paper profile (its checks and scores run in float32).
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
 
-__all__ = ["get_device", "memory_format", "place", "graph_enters_convolution"]
+__all__ = ["get_device", "memory_format", "place", "graph_enters_convolution", "AUTOCAST", "autocast"]
+
+#: the values of ``autocast``: None (float32) or "bf16" (``torch.autocast`` in bfloat16)
+AUTOCAST = (None, "bf16")
 
 
 def get_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` gives CUDA when present, else CPU; any other value is passed to torch."""
+    """``"auto"`` gives CUDA when present, else CPU; any other value is passed to torch. Sets
+    float32 arithmetic to IEEE (TF32 off) for the process (module docstring)."""
+    torch.backends.fp32_precision = "ieee"
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -62,3 +77,12 @@ def graph_enters_convolution(output: torch.Tensor) -> bool:
             return True
         stack.extend(fn for fn, _ in node.next_functions)
     return False
+
+
+def autocast(device: str | torch.device, dtype: str | None):
+    """``torch.autocast`` on ``device``'s type in bfloat16 for ``dtype="bf16"``; a null context for None."""
+    if dtype not in AUTOCAST:
+        raise ValueError(f"autocast must be one of {AUTOCAST}, got {dtype!r}")
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)

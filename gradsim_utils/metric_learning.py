@@ -55,7 +55,8 @@ class MetricConfig:
     per accuracy setting; n_loc_episodes: 5-way 1-shot episodes for localisation; n_sanity_pairs:
     query-support pairs of the sanity check; n_sanity_stages: cascade stages scored (None: all);
     micro_batch: images whose graph a training step holds at once (``training.backward_in_chunks``;
-    None: the whole episode), to fit an episode of a large backbone on one GPU.
+    None: the whole episode), to fit an episode of a large backbone on one GPU; autocast: the
+    training steps' ``devices.autocast`` (None: float32; "bf16"), evaluation always in float32.
     """
 
     backbones: tuple[tuple[str, str], ...]
@@ -75,6 +76,7 @@ class MetricConfig:
     n_sanity_stages: int | None
     batch_size: int
     micro_batch: int | None = None
+    autocast: str | None = None
 
 
     def backbone(self, metric: str) -> str:
@@ -83,7 +85,7 @@ class MetricConfig:
 
 # the fields of MetricConfig that determine the trained weights (and so the cache key)
 TRAINING_FIELDS = ("image_size", "base_width", "weights", "n_train_per_class", "train_steps", "train_way",
-                   "train_shot", "train_query", "lr", "micro_batch")
+                   "train_shot", "train_query", "lr", "micro_batch", "autocast")
 
 
 def config_for_profile(profile: str | Profile, **overrides) -> MetricConfig:
@@ -287,7 +289,7 @@ def train_metric_model(model: MetricModel, images: torch.Tensor, labels: torch.T
         return loss, loss.detach()[None]
 
     seconds, losses = training.optimise(model, episodes, episode_loss, n_steps=config.train_steps, max_lr=config.lr,
-                                        weight_decay=5e-4, pct_start=0.2, device=dev)
+                                        weight_decay=5e-4, pct_start=0.2, device=dev, autocast=config.autocast)
     model.eval()
     return {"train_seconds": seconds,
             "images_per_second": config.train_steps * way * (config.train_shot + config.train_query) / seconds,
@@ -410,12 +412,12 @@ def load_cub(root, image_size: int, split: str = "novel", max_per_class: int | N
         path = root / "images" / paths[image_id][0]
         try:
             with Image.open(path) as image:
-                array = data.square_image(image.convert("RGB"), image_size, resize_size=image_size)
+                array = data.square_image(image.convert("RGB"), image_size)
                 size = image.size
         except OSError as err:
             raise data.CorruptImageError(f"cannot read {path}: {err}", [path]) from err
         x, y, w, h = boxes[image_id]
-        box = data.square_box((x, y, x + w, y + h), size, image_size, resize_size=image_size)
+        box = data.square_box((x, y, x + w, y + h), size, image_size)
         if math.isnan(box[0]):
             cut.append(path)
             continue

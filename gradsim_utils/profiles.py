@@ -50,7 +50,7 @@ class Profile:
 # Chapter 8 ("sfam", the fields of metric_learning.MetricConfig): what the profiles below leave as is.
 _SFAM = dict(base_width=16, weights=None, n_train_per_class=300, train_steps=150, train_way=10, train_shot=4,
              train_query=4, lr=3e-3, n_eval_per_class=60, n_episodes=1000, n_loc_episodes=1000,
-             n_sanity_pairs=48, n_sanity_stages=None, batch_size=128, micro_batch=None)
+             n_sanity_pairs=48, n_sanity_stages=None, batch_size=128, micro_batch=None, autocast=None)
 # How the diffusion profiles' images are loaded ("images"): as the paper weights' transforms()
 # (IMAGENET1K_V1 of every ResNet: shorter side to 256, bilinear, centre crop to image_size; tested).
 _PAPER_IMAGES = dict(resize_size=256)
@@ -102,7 +102,7 @@ PROFILES: dict[str, Profile] = {
                "sfam": {**_SFAM, "backbones": _TORCHVISION_METRIC, "image_size": 224, "weights": "IMAGENET1K_V1",
                         "train_steps": 2000, "train_way": 20, "train_shot": 5, "train_query": 10, "lr": 1e-3,
                         "n_eval_per_class": 60, "n_episodes": 2000, "n_loc_episodes": 10000,
-                        "n_sanity_pairs": 100, "batch_size": 64, "micro_batch": 100},
+                        "n_sanity_pairs": 100, "batch_size": 64, "micro_batch": 100, "autocast": "bf16"},
                "rsvc": dict(marker_train=300, marker_analysis=50, marker_epochs=3, classes=10, layer_classes=10),
                "alignment": _ALIGNMENT_QUICK},
     ),

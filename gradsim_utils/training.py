@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import data, provenance
+from . import data, devices, provenance
 from .cache import cache_key, cached_torch, content_digest, torch_entry
 from .devices import get_device, place
 from .nets import ModelInfo, build_tiny_resnet, prepare_images, resnet_depth
@@ -296,7 +296,7 @@ def backward_in_chunks(model: nn.Module, x: torch.Tensor, loss_of_outputs: Calla
 
 def optimise(model: nn.Module, batches: Callable[[torch.memory_format], Iterable[tuple]], step_loss,
              *, n_steps: int, max_lr: float, weight_decay: float, pct_start: float,
-             device: torch.device) -> tuple[float, list[torch.Tensor]]:
+             device: torch.device, autocast: str | None = None) -> tuple[float, list[torch.Tensor]]:
     """The one training loop: AdamW (``max_lr``, ``weight_decay``) with :func:`one_cycle` over
     ``n_steps``; returns wall seconds and each step's reported terms (on the CPU).
 
@@ -304,8 +304,11 @@ def optimise(model: nn.Module, batches: Callable[[torch.memory_format], Iterable
     convolutions (contiguous) and set to train mode; ``batches(fmt)`` then yields ``n_steps``
     tuples of arguments, inputs in that format, and ``step_loss(model, *batch) -> (loss, terms)``
     gives the loss to minimise and a 1-D tensor of terms to report. A ``step_loss`` that has already
-    backpropagated (:func:`backward_in_chunks`) returns its loss without a graph.
+    backpropagated (:func:`backward_in_chunks`) returns its loss without a graph. ``autocast``:
+    ``step_loss`` runs under ``devices.autocast`` (None: float32; "bf16": bfloat16 where torch's
+    autocast lists the op, the weights and AdamW staying float32).
     """
+    devices.autocast(device, autocast)  # a ValueError naming autocast before any work
     optimizer = torch.optim.AdamW(model.parameters(), lr=max_lr, weight_decay=weight_decay)
     schedule = one_cycle(optimizer, max_lr, n_steps, pct_start)
     fmt = place(model, device, backward_enters_conv=True)
@@ -314,7 +317,8 @@ def optimise(model: nn.Module, batches: Callable[[torch.memory_format], Iterable
     reported = []
     for batch in batches(fmt):
         optimizer.zero_grad(set_to_none=True)
-        loss, terms = step_loss(model, *batch)
+        with devices.autocast(device, autocast):
+            loss, terms = step_loss(model, *batch)
         if loss.requires_grad:
             loss.backward()
         optimizer.step()

@@ -205,3 +205,28 @@ def test_metric_training_small_data_names_the_parameter():
     with pytest.raises(ValueError, match="train_steps must be an integer >= 1"):
         ml.train_metric_model(ml.build_metric_model("euclidean", config), images, labels,
                               ml.config_for_profile("smoke", train_steps=0), device="cpu", progress=False)
+
+
+def test_get_device_turns_tf32_off():
+    """cuDNN convolutions default to TF32 ("tf32"); after get_device every float32 path is IEEE."""
+    before = torch.backends.fp32_precision
+    torch.backends.fp32_precision = "tf32"
+    try:
+        assert torch.backends.cudnn.conv.fp32_precision == "tf32"
+        devices.get_device("cpu")
+        assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+        assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+        assert torch.backends.mkldnn.conv.fp32_precision == "ieee"
+    finally:
+        torch.backends.fp32_precision = before
+
+
+def test_autocast_runs_convolutions_in_bfloat16_and_names_a_bad_value():
+    conv = nn.Conv2d(3, 4, 3)
+    x = torch.randn(1, 3, 8, 8)
+    with devices.autocast("cpu", "bf16"):
+        assert conv(x).dtype == torch.bfloat16
+    with devices.autocast("cpu", None):
+        assert conv(x).dtype == torch.float32
+    with pytest.raises(ValueError, match="autocast must be one of"):
+        devices.autocast("cpu", "fp16")

@@ -63,3 +63,24 @@ def test_metric_training_with_micro_batches_trains_and_has_its_own_cache_entry()
     assert not info_micro["cached"] and info_micro["steps"] == 2 and torch.isfinite(torch.tensor(info_micro["final_loss"]))
     # chunks of two images normalise by other batch statistics than the six-image episode
     assert not torch.equal(micro.state_dict()["trunk.conv1.weight"], whole.state_dict()["trunk.conv1.weight"])
+
+
+def test_metric_training_under_bf16_autocast_keeps_float32_weights_and_its_own_cache_entry():
+    settings = dict(train_steps=2, image_size=16, n_train_per_class=4, train_way=3, train_shot=1, train_query=1)
+    bench = data.make_benchmark(n_per_class=4, split="train", image_size=16)
+    fp32, _ = ml.load_metric_model("euclidean", ml.config_for_profile("smoke", **settings),
+                                   lambda: (bench.images, bench.labels), "test-autocast", progress=False)
+    config = ml.config_for_profile("smoke", autocast="bf16", **settings)
+    model = ml.build_metric_model("euclidean", config)
+    seen = []
+    model.trunk.conv1.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    info = ml.train_metric_model(model, bench.images, bench.labels, config, progress=False)
+    assert seen and set(seen) == {torch.bfloat16}   # the training forward ran in bfloat16
+    assert all(p.dtype == torch.float32 for p in model.parameters()) and torch.isfinite(torch.tensor(info["final_loss"]))
+    assert not torch.equal(model.state_dict()["trunk.conv1.weight"], fp32.state_dict()["trunk.conv1.weight"])
+    bf16, info_bf16 = ml.load_metric_model("euclidean", config, lambda: (bench.images, bench.labels), "test-autocast",
+                                           progress=False)
+    assert not info_bf16["cached"]   # autocast is a training field: not the float32 model's entry
+    with pytest.raises(ValueError, match="autocast must be one of"):
+        ml.train_metric_model(model, bench.images, bench.labels, ml.config_for_profile("smoke", autocast="fp8", **settings),
+                              progress=False)
