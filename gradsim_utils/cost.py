@@ -19,6 +19,7 @@ this machine's CPU rate the same way (counted FLOPs / measured seconds).
 from __future__ import annotations
 
 import copy
+import time
 import weakref
 
 import pandas as pd
@@ -32,35 +33,43 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from . import memory
 
-__all__ = ["GPU_FP32_TFLOPS", "GPU_FP16_TFLOPS", "pass_flops", "LiveBytes", "estimate", "SD15_UNET",
+__all__ = ["GPU_FP32_TFLOPS", "GPU_FP16_TFLOPS", "pass_flops", "measured_tflops", "LiveBytes", "estimate", "SD15_UNET",
            "SD15_VAE", "SD15_TEXT", "diffusion"]
 
 #: Assumed sustained rate of one GPU in float32 with TF32 off (the package's verdicts assume IEEE
-#: float32 on CUDA), in TFLOP/s: about half the 19.5 TFLOP/s float32 peak of an NVIDIA A100, the
-#: fraction convolution networks commonly sustain. Not measured here; a faster card (H100: 67 peak)
-#: divides the times by its ratio.
+#: float32 on CUDA), in TFLOP/s: half the 19.5 TFLOP/s float32 peak of an NVIDIA A100 (an assumed
+#: efficiency). Not measured: no GPU was available. Another card scales every time by the ratio of
+#: its sustained rate to this one (an H100 SXM's float32 peak is 67 TFLOP/s).
 GPU_FP32_TFLOPS = 10.0
 #: Assumed sustained rate in float16 on tensor cores (chapter 1's Stable Diffusion), in TFLOP/s:
-#: about a third of the A100's 312 TFLOP/s float16 tensor-core peak. Not measured here.
+#: about a third of the A100's 312 TFLOP/s float16 tensor-core peak (an assumed efficiency). Not measured.
 GPU_FP16_TFLOPS = 100.0
 
 
 def pass_flops(model: nn.Module, image_size: int, mode: str, layer: str | None = None) -> int:
     """FLOPs per image of one ``mode`` pass (``memory.run_pass``, with its backward) over a
     ``image_size`` px image, counted on a meta copy of ``model`` (the model itself is not moved)."""
-    if mode not in memory.MODES:
-        raise ValueError(f"mode must be one of {memory.MODES}, got {mode!r}")
-    if mode == "layer" and layer is None:
-        raise ValueError("mode='layer' needs the layer the gradient starts at, e.g. layer='layer4'")
-    meta = model if next(model.parameters()).is_meta else _meta_copy(model)
+    memory.check_mode(mode, layer)
+    meta = model if next(model.parameters()).is_meta else copy.deepcopy(model).to("meta")
     with FlopCounterMode(display=False) as counter:
         memory.run_pass(meta, torch.zeros(1, 3, image_size, image_size, device="meta"), mode, layer, backward=True)
     return counter.get_total_flops()
 
 
-def _meta_copy(model: nn.Module) -> nn.Module:
-    """``model``'s architecture on the meta device (its parameters' shapes, no data)."""
-    return copy.deepcopy(model).to("meta")
+def measured_tflops(model: nn.Module, image_size: int, mode: str = "forward", layer: str | None = None,
+                    batch_size: int = 8, repeats: int = 3) -> float:
+    """This machine's rate on ``model``'s device, in TFLOP/s: ``pass_flops`` x ``batch_size`` over
+    the fastest of ``repeats`` timed passes of a batch (``memory.run_pass`` with its backward, after
+    a one-image warm-up)."""
+    x = torch.rand(batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    x = x.to(next(model.parameters()).device)
+    memory.run_pass(model, x[:1], mode, layer, backward=True)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        memory.run_pass(model, x, mode, layer, backward=True)
+        seconds.append(time.perf_counter() - start)
+    return pass_flops(model, image_size, mode, layer) * batch_size / min(seconds) / 1e12
 
 
 class LiveBytes(TorchDispatchMode):
@@ -161,7 +170,8 @@ def diffusion(num_inference_steps: int, image_size: int = 512, batch_size: int =
     the empty prompt), ``num_inference_steps`` UNet passes on the image_size/8 latent (twice with
     guidance) and one VAE decode. GPU bytes of a batch: all three networks' parameters (2 bytes
     each) plus the network's activation peak (``LiveBytes``, attention fused) at the batch it runs
-    (UNet: 2 x ``batch_size`` with guidance; text encoder and VAE decoder: as the pipeline calls them).
+    (UNet: 2 x ``batch_size`` with guidance; text encoder and VAE decoder: as the pipeline calls them;
+    ``parameters_m``: the network's parameters in millions, the VAE's encoder included).
     Seconds at ``GPU_FP16_TFLOPS``. Counted on the meta device: nothing is computed."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -178,14 +188,16 @@ def diffusion(num_inference_steps: int, image_size: int = 512, batch_size: int =
     tokens = torch.zeros(unet_batch, 77, dtype=torch.long, device="meta")
     embeddings = torch.zeros(unet_batch, 77, SD15_UNET["cross_attention_dim"], **half)
     latents = torch.zeros(unet_batch, SD15_UNET["in_channels"], side, side, **half)
-    runs = {"text encoder": (lambda: text(tokens), unet_batch, copies),
-            "UNet": (lambda: unet(latents, torch.tensor(999), embeddings), unet_batch, copies * num_inference_steps),
-            "VAE decoder": (lambda: vae.decode(latents[:batch_size]), batch_size, 1)}
+    runs = {"text encoder": (text, lambda: text(tokens), unet_batch, copies),
+            "UNet": (unet, lambda: unet(latents, torch.tensor(999), embeddings), unet_batch,
+                     copies * num_inference_steps),
+            "VAE (decode)": (vae, lambda: vae.decode(latents[:batch_size]), batch_size, 1)}
     rows = []
-    for name, (run, batch, per_image) in runs.items():
+    for name, (net, run, batch, per_image) in runs.items():
         flops, peak = _forward_cost(run)
         tflop = flops / batch * per_image * n_images / 1e12
-        rows.append({"network": name, "batch": batch, "passes_per_image": per_image,
+        rows.append({"network": name, "parameters_m": sum(p.numel() for p in net.parameters()) / 1e6,
+                     "batch": batch, "passes_per_image": per_image,
                      "gflop_per_pass": flops / batch / 1e9, "tflop": tflop, "gpu_seconds": tflop / GPU_FP16_TFLOPS,
                      "gpu_gib": (params + peak) / memory.GIB})
     return pd.DataFrame(rows)

@@ -18,29 +18,28 @@ The modes are: ``forward`` (no graph: saved = 0); ``layer`` (frozen weights, dif
 from ``layer`` on, as ``extract.representations`` does); ``input`` (frozen weights, gradient with
 respect to the input, as ``extract.loss_input_gradients``); ``train`` (train mode, weights with
 gradients); ``aligned`` (``train`` plus an input-gradient term: the input gradient is built with
-``create_graph=True`` and differentiated again, as chapter 9's ``alignment.fit_aligned`` with lambda > 0;
-saved then counts what the forward and that first backward keep). Host memory of a step is the images and per-image outputs it keeps, scaled to N images.
+``create_graph=True`` and differentiated again, as chapter 9's ``alignment.fit_aligned`` with
+lambda > 0; saved then counts what the forward and that first backward keep). Host memory of a step
+is the images and per-image outputs it keeps, scaled to N images.
 These are estimates: the allocator's caching, cuDNN workspaces and the CUDA context (about 0.5 GiB)
 come on top.
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
+import warnings
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
 from torch import nn
-
-import inspect
-import warnings
-
 from torch.nn import functional as F
 
 from . import alignment, extract, models, profiles
 
-__all__ = ["MODES", "PassMemory", "run_pass", "build_model", "pass_memory", "gpu_bytes", "GIB", "CUB_IMAGES", "IMAGENET_VAL_IMAGES", "Step", "paper_steps",
-           "built_models", "estimate"]
+__all__ = ["MODES", "PassMemory", "run_pass", "check_mode", "pass_memory", "gpu_bytes", "GIB", "CUB_IMAGES",
+           "IMAGENET_VAL_IMAGES", "Step", "build_model", "built_models", "paper_steps", "estimate"]
 
 MODES = ("forward", "layer", "input", "train", "aligned")
 TRAINS = ("train", "aligned")   # modes whose weights get gradients (and AdamW state)
@@ -136,6 +135,14 @@ def _measure(model: nn.Module, x: torch.Tensor, mode: str, layer: str | None) ->
     return sum(saved.values()), largest[0], output
 
 
+def check_mode(mode: str, layer: str | None) -> None:
+    """A clear error for an unknown ``mode``, or ``mode="layer"`` without its layer."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "layer" and layer is None:
+        raise ValueError("mode='layer' needs the layer the gradient starts at, e.g. layer='layer4'")
+
+
 def pass_memory(model: nn.Module, image_size: int, mode: str = "layer", layer: str | None = None,
                 measure_at: tuple[int, int] | None = None) -> PassMemory:
     """Measure one model pass on random ``image_size`` px input (module docstring). ``layer``: the
@@ -145,10 +152,7 @@ def pass_memory(model: nn.Module, image_size: int, mode: str = "layer", layer: s
     quantity linearly in the pixel count, v(S) = v(s1) + (v(s2) - v(s1)) (S^2 - s1^2) / (s2^2 - s1^2).
     For a ResNet it is exact when all three sides are multiples of 32 (every feature map then scales
     with the pixel count) and costs a fraction of a full-size pass."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode == "layer" and layer is None:
-        raise ValueError("mode='layer' needs the layer the gradient starts at, e.g. layer='layer4'")
+    check_mode(mode, layer)
     if not isinstance(image_size, int) or image_size < 8:
         raise ValueError(f"image_size must be an int >= 8, got {image_size!r}")
     if measure_at is not None:
