@@ -121,9 +121,10 @@ def main() -> None:
                             generation["guidance_scale"].default > 1, paper.n_analysis_per_class * 10)
         print(sd.round(3).to_string(index=False))
         configs_ok = all(abs(row.parameters_m / SD15_PARAMETERS_M[row.network] - 1) <= 1e-3 for row in sd.itertuples())
-        per_chapter.loc["01"] = {"step": "Stable Diffusion v1.5 (float16)", "model": "SD 1.5", "batch": int(sd["batch"].max()),
-                                 "gpu_gib": sd["gpu_gib"].max(), "host_gib": float("nan"), "tflop": sd["tflop"].sum(),
-                                 "gpu_seconds": sd["gpu_seconds"].sum()}
+        largest = sd.loc[sd["gpu_gib"].idxmax()]
+        per_chapter.loc["01"] = {"step": f"Stable Diffusion v1.5 (float16): {largest['network']}", "model": "SD 1.5",
+                                 "batch": int(largest["batch"]), "gpu_gib": largest["gpu_gib"], "host_gib": float("nan"),
+                                 "tflop": sd["tflop"].sum(), "gpu_seconds": sd["gpu_seconds"].sum()}
         per_chapter = per_chapter.sort_index()
     per_chapter = per_chapter.reset_index()
     print(per_chapter.round(2).to_string(index=False))
