@@ -23,14 +23,15 @@ lower ones, without a circle; ``tests/test_layers.py`` checks it):
    Welch t), ``label_similarity`` (class-similarity agreement), ``folder_statistics`` (an image
    folder streamed class by class; these four: seed 002), ``rsvc`` (seed 003), ``metric_learning``
    and ``sfam`` (seed 004), ``alignment`` (seed 001's gradient-alignment loss, HVP, mutual information),
-   ``memory`` (bytes per image of a model pass; the paper profile's memory estimate); ``scale_out`` (the
+   ``memory`` (bytes per image of a model pass; the paper profile's memory estimate), ``cost`` (FLOPs
+   per image and GPU time at an assumed rate; chapter 1's Stable Diffusion work and memory); ``scale_out`` (the
    torchrun command for the heavy steps; not imported here).
 """
-from . import (alignment, cache, class_statistics, clustering, data, devices, distributed, extract, folder_statistics, gap_statistics,
+from . import (alignment, cache, class_statistics, clustering, cost, data, devices, distributed, extract, folder_statistics, gap_statistics,
                label_similarity, localisation, memory, metric_learning, models, nets, plotting, profiles, provenance, report, rsvc,
                saliency, sfam, similarity, stats, training)
 
-__all__ = ["alignment", "cache", "class_statistics", "clustering", "data", "devices", "distributed", "extract", "folder_statistics",
+__all__ = ["alignment", "cache", "class_statistics", "clustering", "cost", "data", "devices", "distributed", "extract", "folder_statistics",
            "gap_statistics", "label_similarity", "localisation", "memory", "metric_learning", "models", "nets", "plotting",
            "profiles", "provenance", "report", "rsvc", "saliency", "sfam", "similarity", "stats", "training"]
 __version__ = "0.1.0"

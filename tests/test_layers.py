@@ -22,7 +22,7 @@ LAYERS = {
     2: ("data", "nets"),
     3: ("training", "models", "extract"),
     4: ("similarity", "clustering", "saliency", "localisation", "gap_statistics", "class_statistics",
-        "label_similarity", "folder_statistics", "rsvc", "sfam", "metric_learning", "alignment", "memory", "scale_out"),
+        "label_similarity", "folder_statistics", "rsvc", "sfam", "metric_learning", "alignment", "memory", "cost", "scale_out"),
 }
 LAYER = {module: layer for layer, modules in LAYERS.items() for module in modules}
 FACADE = "__init__"  # imports every module for `from gradsim_utils import ...`; above all layers
