@@ -262,7 +262,7 @@ def paper_steps(profile, batch_sizes: dict[str, int], stored_side: int | None = 
             Step("04", "features and gradient weights at layer4", name, "layer", "layer4", batch_sizes["04"],
                  side, n, stored, True),
             # two maps per image: Grad-CAM and the class-free map, each its own pass
-            Step("05", "Grad-CAM at layer3 (backward)", name, "layer", "layer3", batch_sizes["05"], side, n, stored,
+            Step("05", "Grad-CAM and class-free maps at layer4", name, "layer", "layer4", batch_sizes["05"], side, n, stored,
                  n_maps=2 * n, n_passed=2 * n),
         ]
     steps.append(Step("06", "class statistics, one class of the ImageNet validation set at a time", "resnet34",
