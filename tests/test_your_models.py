@@ -148,6 +148,13 @@ def test_chapter_runs_your_model_on_your_folder(chapter_run, chapter, kind):
     assert parameters["model_names"][0] in text and parameters["image_folder"] in text
 
 
+def test_chapter_09_trains_a_checkpoint_on_its_weights_own_preprocessing(chapter_run):
+    """Starting weights see the folder as their transforms() would (resnet18: shorter side 256, crop 224);
+    random weights at the chapter's own size."""
+    assert "shorter side to 256 px, centre crop 224 px" in _executed_text(chapter_run("09", "resnet18-checkpoint")[0])
+    assert "shorter side to" not in _executed_text(chapter_run("09", "vgg11-random")[0])
+
+
 # chapter 04
 
 
