@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml
 book: $(STAMP)
 	$(PY) -m gradsim_utils.book --profile $(PROFILE) --strict
 
-## Run the test suite (unit tests, smoke-profile notebooks, book build, browser test).
+## Run the test suite (unit tests, smoke-profile notebooks, book build, browser test) in
+## TEST_WORKERS processes (pytest-xdist; each test file stays in one process, 0 runs in this one).
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 ## Build the site from the notebooks already executed in book/.
 site: $(STAMP)
