@@ -102,7 +102,7 @@ PROFILES: dict[str, Profile] = {
                "sfam": {**_SFAM, "backbones": _TORCHVISION_METRIC, "image_size": 224, "weights": "IMAGENET1K_V1",
                         "train_steps": 2000, "train_way": 20, "train_shot": 5, "train_query": 10, "lr": 1e-3,
                         "n_eval_per_class": 60, "n_episodes": 2000, "n_loc_episodes": 10000,
-                        "n_sanity_pairs": 100, "batch_size": 64, "micro_batch": 100, "autocast": "bf16"},
+                        "n_sanity_pairs": 100, "batch_size": 64, "micro_batch": 100},
                "rsvc": dict(marker_train=300, marker_analysis=50, marker_epochs=3, classes=10, layer_classes=10),
                "alignment": _ALIGNMENT_QUICK},
     ),
