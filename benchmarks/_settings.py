@@ -13,6 +13,14 @@ from pathlib import Path
 TINY = os.environ.get("GRADSIM_BENCH_TINY", "") not in ("", "0")
 
 
+def exit_if_unmet(requirements: dict[str, bool]) -> None:
+    """Exit with an error naming every requirement that is False, so ``make bench`` names the
+    script; not in the tiny setting, whose sizes are too small for speed ratios to mean anything."""
+    unmet = [name for name, met in requirements.items() if not met]
+    if unmet and not TINY:
+        raise SystemExit("requirements failed: " + "; ".join(unmet))
+
+
 def results_path(name: str) -> Path:
     """``<results folder>/<name>.json``, or ``<name>-tiny.json`` in the tiny setting."""
     folder = Path(os.environ.get("GRADSIM_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")

@@ -26,7 +26,7 @@ import torch
 
 from gradsim_utils import alignment, training
 
-from _settings import TINY, results_path
+from _settings import TINY, exit_if_unmet, results_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from test_alignment import gradient_alignment_loss_loop  # noqa: E402  (the tests' per-pair reference)
@@ -73,6 +73,8 @@ def main() -> dict:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=1))
     print(f"{N} samples, {n_pairs} same-class pairs; written to {RESULTS}")
+    exit_if_unmet({f"{form}: loop / batched >= {REQUIRED_RATIO:g}x": f["meets_requirement"]
+                   for form, f in out["forms"].items()})
     return out
 
 

@@ -29,7 +29,7 @@ from torch import nn
 from gradsim_utils import extract
 from gradsim_utils.nets import build_tiny_resnet
 
-from _settings import TINY, results_path
+from _settings import TINY, exit_if_unmet, results_path
 
 RESULTS = results_path("extract")
 LAYER = "layer4"
@@ -181,6 +181,8 @@ def main() -> None:
         print(f"\nnote: load average {max(load):.1f} > {os.cpu_count()} CPUs: other processes "
               "competed; absolute img/s are low, the interleaved ratios are the robust figures")
     print(f"\nwrote {RESULTS} ({meta['seconds']} s)")
+    exit_if_unmet({f"setting {i + 1}: ours / {other} >= {floor:g}": r["summary"][f"ours_over_{other}"] >= floor
+                   for i, r in enumerate(results) for other, floor in (("inference", 0.8), ("loop", 2))})
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from pytorch_grad_cam import GradCAM
 
 from gradsim_utils import saliency
 
-from _settings import TINY, results_path
+from _settings import TINY, exit_if_unmet, results_path
 
 RESULTS = results_path("gradcam")
 SIDE, N_IMAGES, LAYER = (64, 4, "layer4") if TINY else (224, 32, "layer4")
@@ -114,6 +114,8 @@ def main() -> None:
         print(f"note: load average {max(load):.1f} > {os.cpu_count()} CPUs: absolute img/s are low; "
               "the interleaved ratio is the robust figure")
     print(f"wrote {RESULTS} ({meta['seconds']} s)")
+    exit_if_unmet({"ours / grad-cam >= 3 (best vs best)": ratio >= 3,
+                   "maps equal to pytorch-grad-cam's within 1e-4": max(max_diff.values()) < 1e-4})
 
 
 if __name__ == "__main__":

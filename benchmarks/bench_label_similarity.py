@@ -30,7 +30,7 @@ import torch
 from gradsim_utils import class_statistics as cs
 from gradsim_utils import label_similarity as ls
 
-from _settings import TINY, results_path
+from _settings import TINY, exit_if_unmet, results_path
 
 RESULTS = results_path("label_similarity")
 N_IMAGES, N_CHANNELS, N_CLASSES, CHUNK = (600, 256, 20, 200) if TINY else (50_000, 7_616, 1_000, 1_000)
@@ -98,6 +98,7 @@ def main() -> dict:
     print("requirements:", result["requirements"])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1))
+    exit_if_unmet(result["requirements"])
     return result
 
 

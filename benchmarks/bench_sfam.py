@@ -25,7 +25,7 @@ import torch
 
 from gradsim_utils import metric_learning as ml, sfam
 
-from _settings import TINY, results_path
+from _settings import TINY, exit_if_unmet, results_path
 
 RESULTS = results_path("sfam")
 N_PAIRS, IMAGE_SIZE = (4, 64) if TINY else (64, 64)
@@ -104,6 +104,8 @@ def main() -> dict:
           f"ours / loop = {result['ratio_ours_over_loop']:.1f}x (want >= 5)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1))
+    exit_if_unmet({"ours / forward >= 0.8": result["ratio_ours_over_forward"] >= 0.8,
+                   "ours / loop >= 5x": result["ratio_ours_over_loop"] >= 5})
     return result
 
 
