@@ -17,7 +17,7 @@ def pytest_configure(config):
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if worker and count > 1:
         cores = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, cores[int(worker.removeprefix("gw")) % count::count] or cores)
+        os.sched_setaffinity(0, cores[int(worker.removeprefix("gw"))::count] or cores)
 
 
 def pytest_collection_modifyitems(config, items):
